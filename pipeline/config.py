@@ -1,0 +1,271 @@
+"""Typed schema of ``params.yaml``: one section per stage plus ``seed``.
+
+Every stage calls :func:`load_params` first, so a typo or an impossible value stops the stage
+with a message naming the key, the value and what was expected — before anything is written.
+Unknown keys are errors (``extra="forbid"``): a misspelt key silently falling back to a default
+is the most expensive kind of config bug in a training pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(PipelineError, ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key and value."""
+
+
+class Section(BaseModel):
+    """Base of every params section: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- prepare
+class SyntheticSource(Section):
+    size_mb: float = Field(8.0, gt=0, le=10_000, description="corpus size in MB of UTF-8 text")
+    benchmark_items: int = Field(300, ge=10, le=100_000, description="items per benchmark task")
+
+
+class HFSource(Section):
+    name: str | None = Field(None, description="hub id or local dataset dir for load_dataset")
+    config: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = False
+    max_documents: int | None = Field(None, ge=1)
+
+
+class FilesSource(Section):
+    glob: str | None = Field(None, description="glob of .txt / .jsonl / .parquet files")
+    text_field: str = "text"
+
+
+class SplitFractions(Section):
+    validation: float = Field(0.02, gt=0, lt=0.5)
+    test: float = Field(0.02, gt=0, lt=0.5)
+
+
+class PrepareConfig(Section):
+    source: Literal["synthetic", "hf", "files"] = "synthetic"
+    synthetic: SyntheticSource = SyntheticSource()
+    hf: HFSource = HFSource()
+    files: FilesSource = FilesSource()
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"
+    min_chars: int = Field(32, ge=1, description="documents shorter than this are dropped")
+    split: SplitFractions = SplitFractions()
+
+    @model_validator(mode="after")
+    def _source_is_configured(self) -> PrepareConfig:
+        if self.source == "hf" and not self.hf.name:
+            raise ValueError("prepare.source is 'hf' but prepare.hf.name is not set")
+        if self.source == "files" and not self.files.glob:
+            raise ValueError("prepare.source is 'files' but prepare.files.glob is not set")
+        return self
+
+
+# --------------------------------------------------------------------------- tokenize
+UINT16_VOCAB_LIMIT = 2**16
+
+
+class TokenizeConfig(Section):
+    vocab_size: int = Field(8192, ge=260, le=2**31 - 1)
+    min_frequency: int = Field(2, ge=1)
+    special_tokens: list[str] = ["<|endoftext|>"]
+    eot_token: str = "<|endoftext|>"
+    token_dtype: Literal["uint16", "uint32"] = "uint16"
+    batch_size: int = Field(1024, ge=1, description="documents per encode_batch call")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenizeConfig:
+        if self.eot_token not in self.special_tokens:
+            raise ValueError(
+                f"tokenize.eot_token {self.eot_token!r} must be one of "
+                f"tokenize.special_tokens {self.special_tokens}"
+            )
+        if self.token_dtype == "uint16" and self.vocab_size > UINT16_VOCAB_LIMIT:
+            raise ValueError(
+                f"tokenize.vocab_size = {self.vocab_size} does not fit in uint16 token files "
+                f"(max {UINT16_VOCAB_LIMIT}); set tokenize.token_dtype: uint32"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- train
+class MoEConfig(Section):
+    """The mixture-of-experts feed-forward layer (see ARCHITECTURE.md, "MoE design")."""
+
+    num_experts: int = Field(8, ge=1, le=4096)
+    top_k: int = Field(
+        2, ge=1, description="experts per token (capacity per expert for expert_choice)"
+    )
+    expert_hidden: int = Field(256, ge=1, description="SwiGLU hidden size of one expert")
+    num_shared_experts: int = Field(0, ge=0, description="always-on experts added to every token")
+    router: Literal["softmax_topk", "sigmoid_bias", "expert_choice"] = "softmax_topk"
+    renormalize: bool = Field(True, description="renormalise the top-k weights to sum to 1")
+    capacity_factor: float | None = Field(
+        None, gt=0, description="slots per expert = factor * tokens * k / experts; null = dropless"
+    )
+    drop_policy: Literal["probability", "position"] = Field(
+        "probability", description="which tokens an over-full expert keeps"
+    )
+    bias_update_rate: float = Field(
+        1e-3, ge=0, description="aux-loss-free bias step (sigmoid_bias)"
+    )
+    aux_loss_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss")
+    z_loss_weight: float = Field(1e-3, ge=0, description="router z-loss")
+    seq_aux_loss_weight: float = Field(0.0, ge=0, description="sequence-level balance loss")
+    backend: Literal["auto", "reference", "torch", "triton"] = "auto"
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> MoEConfig:
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"train.model.moe.top_k = {self.top_k} exceeds "
+                f"train.model.moe.num_experts = {self.num_experts}"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    """Decoder-only transformer; the vocabulary size comes from the trained tokenizer."""
+
+    d_model: int = Field(256, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int = Field(2, ge=1, description="grouped-query attention: key/value heads")
+    dense_hidden: int = Field(768, ge=1, description="SwiGLU hidden size of dense layers")
+    moe_every: int = Field(
+        1, ge=1, description="layer i is MoE when (i - first_dense_layers) % moe_every == 0"
+    )
+    first_dense_layers: int = Field(0, ge=0)
+    tie_embeddings: bool = True
+    qk_norm: bool = True
+    rope_theta: float = Field(10_000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    max_seq_len: int = Field(256, ge=2)
+    init_std: float = Field(0.02, gt=0)
+    moe: MoEConfig = MoEConfig()
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"train.model.d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"train.model.n_heads = {self.n_heads} is not divisible by n_kv_heads = {self.n_kv_heads}"
+            )
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+
+
+class TrainConfig(Section):
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    seq_len: int = Field(256, ge=2, description="tokens per training window")
+    micro_batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(300, ge=1, description="optimizer steps")
+    precision: Literal["32-true", "bf16-mixed", "bf16-true"] = "bf16-mixed"
+    compile: bool = False
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    log_every: int = Field(10, ge=1)
+    val_every: int = Field(100, ge=1)
+    val_batches: int = Field(20, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    resume: Literal["auto", "never"] = "auto"
+    peak_flops: float | None = Field(
+        None, gt=0, description="per-device peak for MFU; null = measure"
+    )
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> TrainConfig:
+        if self.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"train.seq_len = {self.seq_len} exceeds train.model.max_seq_len = {self.model.max_seq_len}"
+            )
+        return self
+
+
+class EvaluateSection(Section):
+    """Placeholder until the evaluation stage lands; accepts no keys yet."""
+
+
+class CardSection(Section):
+    """Placeholder until the model-card stage lands; accepts no keys yet."""
+
+
+# --------------------------------------------------------------------------- root
+class Params(Section):
+    seed: int = Field(1234, ge=0, lt=2**32)
+    prepare: PrepareConfig = PrepareConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateSection = EvaluateSection()
+    card: CardSection = CardSection()
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    """One line per pydantic error: ``file: key = value: expected ...``."""
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key {key!r} (value {error['input']!r}); check the spelling"
+    if kind == "missing":
+        return f"{source}: missing key {key!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{source}: {key}: {message}"
+    return f"{source}: {key} = {error['input']!r}: expected {message[0].lower()}{message[1:]}"
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; raise :class:`ConfigError` naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, source) for err in exc.errors()]
+        raise ConfigError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(data, source=str(path))
