@@ -61,14 +61,14 @@ def ensure_venv() -> None:
     subprocess.run([*pip, "-q", "--upgrade", "pip"], check=True)
     if sys.version_info[:2] == LOCK_PYTHON:
         print(f"[tasks] installing {LOCK.relative_to(ROOT)} (exact versions)", flush=True)
-        subprocess.run([*pip, "-r", str(LOCK)], check=True)
+        subprocess.run([*pip, "-q", "-r", str(LOCK)], check=True)
     else:
         print(
             f"[tasks] Python {sys.version_info[0]}.{sys.version_info[1]}: the lock is for "
             f"{LOCK_PYTHON[0]}.{LOCK_PYTHON[1]}; installing version ranges from pyproject.toml",
             flush=True,
         )
-        subprocess.run([*pip, TORCH_PIN, "-e", f"{ROOT}[dev]"], check=True)
+        subprocess.run([*pip, "-q", TORCH_PIN, "-e", f"{ROOT}[dev]"], check=True)
     subprocess.run([*pip, "-q", "--no-deps", "-e", str(ROOT)], check=True)
     STAMP.write_text(fingerprint)
 
@@ -113,7 +113,8 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
         print(__doc__)
         return 2
-    ensure_venv()
+    if sys.argv[1] != "lock":  # lock reads the venv as it is
+        ensure_venv()
     return TASKS[sys.argv[1]](sys.argv[2:])
 
 

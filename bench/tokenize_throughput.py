@@ -2,8 +2,10 @@
 
     python bench/tokenize_throughput.py [--parquet data/prepared/train.parquet] [--reps 5]
 
-The bare loop has every text in memory already and keeps nothing; the stage reads Parquet,
-encodes, converts to uint16 and writes + hashes the token file. Target: stage >= 80 % of bare.
+The bare loops have every text in memory already and keep nothing; the stage reads Parquet,
+encodes, converts to uint16 and writes + hashes the token file. Target: stage >= 80 % of the
+bare ``encode_batch`` loop. The stage calls ``encode_batch_fast`` (no character offsets), so the
+bare ``encode_batch_fast`` loop is shown too: it is the honest ceiling for the stage.
 Both are timed in the same process, alternating, median of ``--reps`` repetitions.
 """
 
@@ -24,10 +26,10 @@ from pipeline.config import TokenizeConfig
 from pipeline.data.tokenizer import encode_split, train_tokenizer
 
 
-def bare_loop(tokenizer: Tokenizer, texts: list[str], batch_size: int) -> int:
+def bare_loop(encode, texts: list[str], batch_size: int) -> int:
     tokens = 0
     for i in range(0, len(texts), batch_size):
-        for enc in tokenizer.encode_batch(texts[i : i + batch_size], add_special_tokens=False):
+        for enc in encode(texts[i : i + batch_size], add_special_tokens=False):
             tokens += len(enc.ids)
     return tokens
 
@@ -46,17 +48,19 @@ def main() -> None:
     texts = pq.read_table(args.parquet).column("text").to_pylist()
     mb = sum(len(t.encode()) for t in texts) / 1e6
 
-    bare_s, stage_s = [], []
+    runs: dict[str, list[float]] = {"bare": [], "fast": [], "stage": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.reps):
-            start = time.perf_counter()
-            bare_loop(tokenizer, texts, cfg.batch_size)
-            bare_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            encode_split(tokenizer, args.parquet, Path(tmp) / "train.bin", cfg)
-            stage_s.append(time.perf_counter() - start)
+            for name, work in (
+                ("bare", lambda: bare_loop(tokenizer.encode_batch, texts, cfg.batch_size)),
+                ("fast", lambda: bare_loop(tokenizer.encode_batch_fast, texts, cfg.batch_size)),
+                ("stage", lambda t=tmp: encode_split(tokenizer, args.parquet, Path(t) / "x.bin", cfg)),
+            ):
+                start = time.perf_counter()
+                work()
+                runs[name].append(time.perf_counter() - start)
 
-    bare, stage = statistics.median(bare_s), statistics.median(stage_s)
+    bare, fast, stage = (statistics.median(runs[k]) for k in ("bare", "fast", "stage"))
     print(
         f"corpus {args.parquet} ({mb:.1f} MB), tokenizers {tokenizers.__version__}, "
         f"{platform.processor() or platform.machine()}, median of {args.reps}"
@@ -64,8 +68,10 @@ def main() -> None:
     print(f"| {'path':<36} | {'s':>6} | {'MB/s':>6} |")
     print(f"|{'-' * 38}|{'-' * 8}|{'-' * 8}|")
     print(f"| {'bare encode_batch loop (in memory)':<36} | {bare:6.2f} | {mb / bare:6.2f} |")
+    print(f"| {'bare encode_batch_fast loop':<36} | {fast:6.2f} | {mb / fast:6.2f} |")
     print(f"| {'stage encode_split (parquet → .bin)':<36} | {stage:6.2f} | {mb / stage:6.2f} |")
-    print(f"stage / bare throughput: {bare / stage:.2f} (target >= 0.80)")
+    print(f"stage / bare encode_batch: {bare / stage:.2f} (target >= 0.80)")
+    print(f"stage / bare encode_batch_fast: {fast / stage:.2f}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ UINT16_VOCAB_LIMIT = 2**16
 
 
 class TokenizeConfig(Section):
-    vocab_size: int = Field(8192, ge=260, le=2**31 - 1)
+    vocab_size: int = Field(4096, ge=260, le=2**31 - 1)
     min_frequency: int = Field(2, ge=1)
     special_tokens: list[str] = ["<|endoftext|>"]
     eot_token: str = "<|endoftext|>"
@@ -210,12 +210,53 @@ class TrainConfig(Section):
         return self
 
 
-class EvaluateSection(Section):
-    """Placeholder until the evaluation stage lands; accepts no keys yet."""
+# --------------------------------------------------------------------------- evaluate
+LOCAL_TASKS = ("agreement", "entity_cloze", "counting")
 
 
-class CardSection(Section):
-    """Placeholder until the model-card stage lands; accepts no keys yet."""
+class GenerationConfig(Section):
+    prompts: list[str] = ["Once upon a time", "Tom had 3 red apples.", '"Where is the ball?" asked']
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.8, ge=0, description="0 = greedy")
+    top_k: int | None = Field(50, ge=1)
+
+
+class EvaluateConfig(Section):
+    tasks: list[str] = Field(
+        list(LOCAL_TASKS), description="the generated benchmark tasks to run (lm-eval, offline)"
+    )
+    extra_tasks: list[str] = Field(
+        [], description="standard lm-eval tasks (hellaswag, arc_easy, ...): need network or cache"
+    )
+    model: Literal["native", "hf"] = Field(
+        "native", description="evaluate the project's model (native) or its HF export (hf)"
+    )
+    limit: int | None = Field(None, ge=1, description="items per task; null = all")
+    batch_size: int = Field(16, ge=1)
+    perplexity_max_tokens: int | None = Field(
+        None, ge=1, description="tokens per split for perplexity; null = the whole split"
+    )
+    routing_max_tokens: int = Field(32_768, ge=1, description="test tokens for routing analysis")
+    generation: GenerationConfig = GenerationConfig()
+
+    @model_validator(mode="after")
+    def _known_local_tasks(self) -> EvaluateConfig:
+        unknown = [t for t in self.tasks if t not in LOCAL_TASKS]
+        if unknown:
+            raise ValueError(
+                f"evaluate.tasks: unknown task(s) {unknown}; the generated tasks are "
+                f"{list(LOCAL_TASKS)} (standard lm-eval tasks go in evaluate.extra_tasks)"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- card
+class CardConfig(Section):
+    model_name: str = Field("moe-pipeline-tiny", min_length=1)
+    license: str = "apache-2.0"
+    language: list[str] = ["en"]
+    tags: list[str] = ["moe", "mixture-of-experts", "text-generation", "moe-pipeline"]
+    export_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 # --------------------------------------------------------------------------- root
@@ -224,8 +265,8 @@ class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
-    evaluate: EvaluateSection = EvaluateSection()
-    card: CardSection = CardSection()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    card: CardConfig = CardConfig()
 
 
 def _describe(error: dict[str, Any], source: str) -> str:

@@ -77,7 +77,9 @@ def encode_split(
     eot_id = tokenizer.token_to_id(cfg.eot_token)
     documents = pq.ParquetFile(parquet_path).metadata.num_rows
     text_bytes = 0
-    progress = tqdm(total=documents, desc=f"encode {parquet_path.stem}", unit="doc", mininterval=2)
+    progress = tqdm(
+        total=documents, desc=f"encode {parquet_path.stem}", unit="doc", mininterval=2, disable=None
+    )
     with (
         progress,
         ShardWriter(bin_path, cfg.token_dtype, tokenizer.get_vocab_size(), eot_id) as out,
