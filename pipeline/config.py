@@ -186,7 +186,9 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_steps: int = Field(300, ge=1, description="optimizer steps")
-    precision: Literal["32-true", "bf16-mixed", "bf16-true"] = "bf16-mixed"
+    precision: Literal["32-true", "bf16-mixed", "bf16-true"] = Field(
+        "32-true", description="bf16 only where the CPU/GPU has native bf16 matmuls"
+    )
     compile: bool = False
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1

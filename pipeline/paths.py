@@ -55,3 +55,20 @@ class Paths:
     @property
     def tokenize_metrics(self) -> Path:
         return self.root / "metrics" / "tokenize.json"
+
+    # evaluate
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "metrics" / "eval.json"
+
+    @property
+    def eval_generations(self) -> Path:
+        return self.root / "metrics" / "generations.json"
+
+    @property
+    def eval_plots_dir(self) -> Path:
+        return self.root / "plots" / "eval"
+
+    @property
+    def eval_run(self) -> Path:
+        return self.root / "metrics" / "eval_run.json"

@@ -1,0 +1,182 @@
+"""lm-evaluation-harness's view of the native :class:`~pipeline.model.MoETransformer`.
+
+Subclassing ``TemplateLM`` reuses the harness's own request encoding (the context/continuation
+split, the end-of-text token standing in for an empty context), so this model is scored exactly
+as ``HFLM`` would score its Hugging Face export; only the three model calls are ours:
+
+* ``_loglikelihood_tokens``: the continuation's log-probabilities summed, and whether greedy
+  decoding would have produced it. Requests run longest first in batches, right-padded with the
+  end-of-text token: the attention is causal, so padding after a sequence cannot change its
+  logits, and the model evaluates with dropless routing (see :func:`evaluation.load.load_model`),
+  so padding tokens cannot take an expert slot from a real token either.
+* ``loglikelihood_rolling``: the harness's disjoint rolling windows of ``max_length`` tokens
+  (each token predicted once, the first conditioned on end-of-text), summed per document.
+* ``generate_until``: one request at a time (the native ``generate`` takes no padding mask),
+  greedy unless the task asks for sampling, cut at the first stop string or end-of-text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+# One scoring request: (cache key or None, context ids, continuation ids).
+TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+class NativeLM(TemplateLM):
+    """Wraps a model whose ``forward(idx).logits`` is ``(B, T, V)`` and which has ``generate``."""
+
+    max_gen_toks = 256  # the harness's default for generation tasks that set no limit
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        eot_id: int,
+        max_length: int,
+        batch_size: int = 16,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = model.eval()
+        self._tokenizer = tokenizer
+        self._eot_id = eot_id
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._device = next(model.parameters()).device
+        self._generator = torch.Generator(device=self._device).manual_seed(seed)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._eot_id
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
+        return self._tokenizer.encode(string, add_special_tokens=False).ids
+
+    def tok_decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def _loglikelihood_tokens(
+        self, requests: list[TokenRequest], disable_tqdm: bool = False
+    ) -> list[tuple[float, bool]]:
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+        for start in tqdm(
+            range(0, len(order), self.batch_size), desc="loglikelihood", disable=disable_tqdm
+        ):
+            chunk = order[start : start + self.batch_size]
+            scored = self._score_batch([requests[i] for i in chunk])
+            for i, result in zip(chunk, scored, strict=True):
+                results[i] = result
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
+        return results
+
+    def _score_batch(self, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
+        """Score one batch: inputs are the last ``max_length`` tokens of context + continuation
+        minus the final token; the continuation's targets are the last ``len(cont)`` positions."""
+        rows, conts = [], []
+        for _, context, continuation in requests:
+            if len(continuation) > self.max_length:
+                raise ValueError(
+                    f"continuation of {len(continuation)} tokens exceeds the model's "
+                    f"{self.max_length}-token context"
+                )
+            rows.append((context + continuation)[-(self.max_length + 1) :][:-1])
+            conts.append(continuation)
+        width = max(len(r) for r in rows)
+        batch = torch.full((len(rows), width), self._eot_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            batch[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        logprobs = self.model(batch.to(self._device)).logits.float().log_softmax(-1)  # (B, T, V)
+        results = []
+        for b, (row, cont) in enumerate(zip(rows, conts, strict=True)):
+            if not cont:
+                results.append((0.0, True))
+                continue
+            positions = logprobs[b, len(row) - len(cont) : len(row)]  # (C, V)
+            target = torch.tensor(cont, device=positions.device)
+            picked = positions.gather(-1, target[:, None]).squeeze(-1)
+            greedy = bool((positions.argmax(-1) == target).all())
+            results.append((picked.double().sum().item(), greedy))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows: list[TokenRequest] = []
+        owner: list[int] = []
+        for index, request in enumerate(requests):
+            (text,) = request.args
+            rolling = get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
+            for context, continuation in map(make_disjoint_window, rolling):
+                windows.append((None, context, continuation))
+                owner.append(index)
+        scored = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for index, (logprob, _) in zip(owner, scored, strict=True):
+            totals[index] += logprob
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos = self.tok_decode([self._eot_id])
+        outputs = []
+        for request in tqdm(requests, desc="generate_until", disable=disable_tqdm):
+            context, gen_kwargs = request.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            text = self.generate_text(
+                context,
+                max_new_tokens=kwargs["max_gen_toks"],
+                temperature=kwargs.get("temperature", 0.0) if kwargs.get("do_sample") else 0.0,
+                top_k=kwargs.get("top_k"),
+            )
+            for stop in until:
+                text = text.split(stop)[0]
+            outputs.append(text)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return outputs
+
+    def generate_text(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None = None,
+    ) -> str:
+        """Continue ``prompt``; ``temperature == 0`` is greedy (top-1). Stops at end-of-text.
+
+        Sampling draws from ``generator`` (default: the adapter's, seeded at construction)."""
+        ids = self.tok_encode(prompt)[-self.max_length :] or [self._eot_id]
+        idx = torch.tensor([ids], dtype=torch.long, device=self._device)
+        greedy = temperature == 0
+        out = self.model.generate(
+            idx,
+            max_new_tokens,
+            temperature=1.0 if greedy else temperature,
+            top_k=1 if greedy else top_k,
+            generator=generator or self._generator,
+        )
+        new = out[0, len(ids) :].tolist()
+        if self._eot_id in new:
+            new = new[: new.index(self._eot_id)]
+        return self.tok_decode(new)

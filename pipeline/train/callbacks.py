@@ -1,0 +1,345 @@
+"""Callbacks: sampler progress, the periodic ``last.ckpt``, and the metrics monitor.
+
+Everything here is decided by optimizer step (``trainer.global_step``), never by micro-batch,
+so the schedule is the same under any gradient accumulation. Collective operations (the metric
+reductions) happen on every rank at the same steps, so DDP ranks never wait on each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
+
+from pipeline.config import TrainConfig
+from pipeline.train.metrics import load_balance, measure_peak_flops, mfu, slow_cpu_bf16
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Which optimizer steps log, validate and checkpoint; the last step does all three."""
+
+    log_every: int
+    val_every: int
+    checkpoint_every: int
+    max_steps: int
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> StepSchedule:
+        return cls(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.max_steps)
+
+    def is_log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.max_steps
+
+    def is_val(self, step: int) -> bool:
+        """Validation steps as Lightning runs them (``val_check_interval`` in micro-batches)."""
+        return step % self.val_every == 0
+
+    def is_checkpoint(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0 or step == self.max_steps
+
+
+def router_scalars(stats) -> dict[str, torch.Tensor]:
+    """One MoE layer's scalar statistics (dropped fraction, entropy, each unweighted loss)."""
+    scalars = {"dropped_fraction": stats.dropped_fraction, "entropy": stats.entropy}
+    scalars.update({f"loss_{name}": value for name, value in sorted(stats.losses.items())})
+    return scalars
+
+
+def router_vector(stats) -> torch.Tensor:
+    """The scalars then the expert loads, as one float vector: one collective reduces them all."""
+    values = [v.detach().float().reshape(1) for v in router_scalars(stats).values()]
+    return torch.cat([*values, stats.load.detach().float()])
+
+
+def moe_backends(model) -> str:
+    """The expert backend(s) the MoE layers resolved (``auto`` names what it picked)."""
+    names = sorted({layer.backend.name for layer in model.moe_layers()})
+    return ",".join(names) or "none (no MoE layer)"
+
+
+def describe_run(trainer: L.Trainer, pl_module) -> str:
+    """One line saying what actually runs: no silent fallback goes unnoticed."""
+    strategy = trainer.strategy
+    backend = getattr(strategy, "process_group_backend", None)
+    return (
+        f"training on {pl_module.device} ({type(trainer.accelerator).__name__}): "
+        f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
+        f"strategy {type(strategy).__name__}{f' ({backend})' if backend else ''}, "
+        f"precision {trainer.precision}, compile {pl_module.cfg.compile}, "
+        f"MoE backend {moe_backends(pl_module.model)}, {torch.get_num_threads()} CPU threads"
+    )
+
+
+class StepProgressBar(TQDMProgressBar):
+    """TQDM bar over the whole run in micro-batches (the stream is endless, so Lightning's own
+    total would be unknown), with loss and tokens/s in the postfix and no logger version."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("train")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class SamplerProgress(Callback):
+    """Advances the sampler by each micro-batch the trainer takes. Counting here, rather than in
+    the sampler as it yields, keeps batches the data loader prefetched out of the checkpoint."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        trainer.datamodule.sampler.mark_consumed()
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` every ``checkpoint_every`` optimizer steps and at the last one.
+
+    At a validation step it is written after validation, so the resumed run neither repeats nor
+    misses that validation and the best-checkpoint tracking includes it.
+    """
+
+    def __init__(self, path: Path, schedule: StepSchedule):
+        self.path = Path(path)
+        self.schedule = schedule
+        self._saved_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._saved_step = trainer.global_step  # resuming: that step is on disk already
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int
+    ) -> None:
+        if not self.schedule.is_val(trainer.global_step):
+            self._maybe_save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._maybe_save(trainer)
+
+    def _maybe_save(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
+        if step != self._saved_step and self.schedule.is_checkpoint(step):
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self._saved_step = step
+
+
+class TrainMonitor(Callback):
+    """Per-step loss history, periodic metrics to the logger, router statistics, throughput.
+
+    Per-micro-batch values stay on the device until a step that logs, validates or checkpoints;
+    then they are reduced over ranks in one collective and moved to the host, so the loop does not
+    synchronise with the device every step. The history (every step's loss and learning rate,
+    validation losses, expert loads) and the throughput totals are saved in checkpoints, so a
+    resumed run's plots and final metrics cover the whole run.
+    """
+
+    def __init__(self, cfg: TrainConfig, flops_per_token: float, peak_flops: float | None = None):
+        self.cfg = cfg
+        self.schedule = StepSchedule.from_config(cfg)
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops  # per device
+        self.peak_source = "params" if peak_flops else "measured"
+        self.history: dict[str, list[dict[str, float]]] = {"train": [], "val": [], "load": []}
+        self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ce, aux) of this step
+        self._router: list[list[torch.Tensor]] = []  # per micro-batch: one vector per MoE layer
+        self._scalar_names: list[str] = []
+        self._pending: list[tuple[int, torch.Tensor, float]] = []  # (step, [ce, aux], lr)
+        self._step_seen = 0
+        self._lr = math.nan
+        self._grad_norm: float | None = None
+        self._tokens_per_step = 0
+        self._world_size = 1
+        self._interval = (0.0, 0)  # (time, step) when the current logging interval began
+        self._val_seconds = 0.0  # validation time inside the current interval
+        self._val_started = 0.0
+        self._train_seconds = 0.0
+        self._train_tokens = 0
+        self.last_tokens_per_s = math.nan
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._world_size = trainer.world_size
+        self._tokens_per_step = (
+            self.cfg.seq_len * self.cfg.micro_batch_size * self.cfg.grad_accum * trainer.world_size
+        )
+        bf16 = self.cfg.precision.startswith("bf16")
+        if self.peak_flops is None:
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            self.peak_flops = measure_peak_flops(pl_module.device, dtype)
+        slow = slow_cpu_bf16(pl_module.device) if bf16 else None
+        if slow and trainer.is_global_zero:
+            log.warning(
+                "train.precision = %s, but this CPU multiplies bf16 at %.3g FLOP/s against "
+                "%.3g in fp32 (no native bf16): precision 32-true will train faster",
+                self.cfg.precision,
+                *slow,
+            )
+        if trainer.is_global_zero:
+            log.info("%s", describe_run(trainer, pl_module))
+            log.info(
+                "MFU against a peak of %.3g FLOP/s per device (%s)",
+                self.peak_flops,
+                self.peak_source,
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._step_seen = trainer.global_step
+        self._interval = (time.perf_counter(), trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "train_seconds": self._train_seconds,
+            "train_tokens": self._train_tokens,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict["history"]
+        self._train_seconds = state_dict["train_seconds"]
+        self._train_tokens = state_dict["train_tokens"]
+
+    # ------------------------------------------------------------------ training steps
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        """Runs before gradient clipping, so the norm logged is the raw one."""
+        step = trainer.global_step + 1
+        self._lr = optimizer.param_groups[0]["lr"]
+        if self.schedule.is_log(step):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads).item()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int
+    ) -> None:
+        self._micro.append((outputs["ce"], outputs["aux"]))
+        if self.schedule.is_log(self._step_seen + 1):
+            stats = outputs["router_stats"]
+            self._scalar_names = list(router_scalars(stats[0])) if stats else []
+            self._router.append([router_vector(layer) for layer in stats])
+        if trainer.global_step == self._step_seen:
+            return  # still accumulating gradients
+        step = self._step_seen = trainer.global_step
+        ce_aux = torch.stack([torch.stack(pair) for pair in self._micro]).mean(0)
+        self._pending.append((step, ce_aux, self._lr))
+        self._micro.clear()
+        if (
+            self.schedule.is_log(step)
+            or self.schedule.is_val(step)
+            or self.schedule.is_checkpoint(step)
+        ):
+            self._record(trainer)
+        if self.schedule.is_log(step):
+            self._log_step(trainer, pl_module, step)
+
+    def _record(self, trainer: L.Trainer) -> None:
+        """Reduce the pending steps' losses over ranks and append them to the history."""
+        values = trainer.strategy.reduce(
+            torch.stack([v for _, v, _ in self._pending]), reduce_op="mean"
+        )
+        for (step, _, lr), (ce, aux) in zip(self._pending, values.tolist(), strict=True):
+            self.history["train"].append({"step": step, "loss": ce, "aux_loss": aux, "lr": lr})
+        self._pending.clear()
+
+    def _log_step(self, trainer: L.Trainer, pl_module, step: int) -> None:
+        now = time.perf_counter()
+        start, start_step = self._interval
+        seconds = now - start - self._val_seconds
+        tokens = (step - start_step) * self._tokens_per_step
+        self._train_seconds += seconds
+        self._train_tokens += tokens
+        self.last_tokens_per_s = tokens / seconds
+        self._interval, self._val_seconds = (now, step), 0.0
+
+        last = self.history["train"][-1]
+        metrics = {
+            "train/loss": last["loss"],
+            "train/ppl": math.exp(min(last["loss"], 50.0)),
+            "train/aux_loss": last["aux_loss"],
+            "train/lr": last["lr"],
+            "perf/tokens_per_s": self.last_tokens_per_s,
+            "perf/mfu": mfu(
+                self.flops_per_token, self.last_tokens_per_s, self.peak_flops * self._world_size
+            ),
+        }
+        if self._grad_norm is not None:
+            metrics["train/grad_norm"] = self._grad_norm
+        metrics.update(self._router_metrics(trainer, step))
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=step)
+        pl_module.log("tok/s", self.last_tokens_per_s, prog_bar=True, logger=False)
+        pl_module.log("loss", last["loss"], prog_bar=True, logger=False)
+
+    def _router_metrics(self, trainer: L.Trainer, step: int) -> dict[str, float]:
+        """Per MoE layer, averaged over the step's micro-batches and over ranks."""
+        if not self._router or not self._router[0]:
+            self._router.clear()
+            return {}
+        per_layer = [torch.stack(layer).mean(0) for layer in zip(*self._router, strict=True)]
+        sizes = [v.numel() for v in per_layer]
+        flat = trainer.strategy.reduce(torch.cat(per_layer).double(), reduce_op="mean")
+        self._router.clear()
+        metrics: dict[str, float] = {}
+        for layer, vector in enumerate(flat.split(sizes)):
+            metrics.update(self._layer_metrics(layer, vector, step))
+        return metrics
+
+    def _layer_metrics(self, layer: int, vector: torch.Tensor, step: int) -> dict[str, float]:
+        names = self._scalar_names
+        load = vector[len(names) :]
+        prefix = f"router/layer{layer}"
+        metrics = {
+            f"{prefix}/{name}": value for name, value in zip(names, vector.tolist(), strict=False)
+        }
+        metrics.update({f"{prefix}/{k}": v for k, v in load_balance(load).items()})
+        for expert, fraction in enumerate(load.tolist()):
+            metrics[f"{prefix}/load/e{expert}"] = fraction
+            self.history["load"].append(
+                {"step": step, "layer": layer, "expert": expert, "load": fraction}
+            )
+        return metrics
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._val_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._val_seconds += time.perf_counter() - self._val_started
+        if trainer.sanity_checking or pl_module.val_loss is None:
+            return
+        step = trainer.global_step
+        val_loss = pl_module.val_loss
+        self.history["val"].append({"step": step, "val_loss": val_loss})
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(
+                {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}, step=step
+            )
+
+    # ------------------------------------------------------------------ results
+    def summary(self) -> dict[str, float]:
+        """Final numbers for ``metrics/train.json``."""
+        recent = [row["loss"] for row in self.history["train"][-self.cfg.log_every :]]
+        val = self.history["val"][-1]["val_loss"] if self.history["val"] else math.nan
+        tokens_per_s = self._train_tokens / self._train_seconds if self._train_seconds else math.nan
+        return {
+            "train_loss": sum(recent) / len(recent) if recent else math.nan,
+            "val_loss": val,
+            "val_perplexity": math.exp(val),
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(self.flops_per_token, tokens_per_s, self.peak_flops * self._world_size),
+            "peak_flops_per_device": self.peak_flops,
+            "peak_flops_source": self.peak_source,
+        }

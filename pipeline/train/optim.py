@@ -1,0 +1,58 @@
+"""AdamW with decoupled decay on matrices only, and a warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only weight matrices: decaying norms' gains, biases or embedding rows pulls them
+    towards zero for no regularisation benefit (the GPT-2/nanoGPT convention)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "embed" in name.lower():
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(warmup_steps: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier at optimizer step ``step``: linear warmup to 1, cosine decay to ``min_ratio``.
+
+    A plain function on purpose: ``LambdaLR`` saves nothing of it, so a resumed run takes its
+    schedule from the current params rather than silently from the checkpoint.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(max_steps - warmup_steps, 1)
+        progress = min((step - warmup_steps) / span, 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, max_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
+    schedule = warmup_cosine(cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,0 +1,166 @@
+"""Build the Lightning Trainer from params and run one training: fit, validate, export.
+
+Parallelism is Lightning's own: ``devices`` x ``num_nodes`` processes under ``strategy: ddp``
+(NCCL on GPUs, gloo on CPUs), launched by Lightning itself, by ``torchrun`` or by SLURM. The
+launcher re-executes the entry point in each extra process, so everything here runs on every
+rank; only global rank zero writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+
+from pipeline.config import ConfigError, Params, TrainConfig
+from pipeline.data.shards import read_header
+from pipeline.train.callbacks import (
+    LastCheckpoint,
+    SamplerProgress,
+    StepProgressBar,
+    StepSchedule,
+    TrainMonitor,
+)
+from pipeline.train.checkpoint import AtomicCheckpointIO, export_weights
+from pipeline.train.data import TokenDataModule
+from pipeline.train.module import MoELanguageModel
+from pipeline.train.outputs import TrainFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    history: dict[str, list[dict]]
+    is_global_zero: bool
+
+
+def is_rank_zero_process() -> bool:
+    """Whether this process is global rank zero, judged from the launcher's environment before
+    any process group exists (torchrun sets RANK, SLURM SLURM_PROCID, Lightning's own launcher
+    NODE_RANK/LOCAL_RANK in the processes it starts)."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if key in os.environ:
+            return int(os.environ[key]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def build_strategy(cfg: TrainConfig) -> Strategy | str:
+    if cfg.strategy == "ddp":
+        # Lightning picks the backend: NCCL for CUDA, gloo for CPU processes.
+        return DDPStrategy()
+    return "auto"
+
+
+def check_precision(cfg: TrainConfig) -> None:
+    """Refuse bf16 on a GPU without it (pre-Ampere). On a CPU bf16 always runs, emulated where
+    not native: TrainMonitor warns when it is slower than fp32. fp16 is not offered at all: on a
+    CPU it is orders of magnitude slower, and on a GPU it needs loss scaling for no gain here."""
+    on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if cfg.precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"train.precision = {cfg.precision!r}, but this GPU has no bfloat16 support; use '32-true'"
+        )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    files: TrainFiles,
+    callbacks: list,
+    logger: Logger | None,
+    progress_bar: bool,
+) -> L.Trainer:
+    check_precision(cfg)
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg),
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,  # the data stream is endless: max_steps alone ends training
+        accumulate_grad_batches=cfg.grad_accum,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        val_check_interval=cfg.val_every * cfg.grad_accum,  # counted in micro-batches
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log_every,
+        logger=logger or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # WindowStream slices the global batch per rank itself
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        default_root_dir=files.checkpoint_dir,
+    )
+
+
+def resume_path(cfg: TrainConfig, files: TrainFiles) -> Path | None:
+    if cfg.resume == "auto" and files.last_checkpoint.is_file():
+        log.info("resuming from %s", files.last_checkpoint)
+        return files.last_checkpoint
+    return None
+
+
+def train(
+    params: Params,
+    files: TrainFiles,
+    logger: Logger | None = None,
+    progress_bar: bool = True,
+    extra_callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Fit (resuming from ``last.ckpt`` when allowed), validate the final weights if the last
+    step was not a validation step, export ``model.safetensors``; return metrics and history.
+
+    ``extra_callbacks`` run after the monitor and before the checkpoints (tests use them to
+    interrupt a run; profilers to observe one).
+    """
+    cfg = params.train
+    started = time.perf_counter()
+    L.seed_everything(params.seed, workers=True)  # before the model: its init is seeded
+    vocab_size = read_header(files.train_tokens).vocab_size
+    module = MoELanguageModel(cfg, vocab_size)
+    data = TokenDataModule(files.train_tokens, files.val_tokens, cfg, params.seed)
+    schedule = StepSchedule.from_config(cfg)
+    monitor = TrainMonitor(cfg, module.model.flops_per_token(cfg.seq_len), cfg.peak_flops)
+    best = ModelCheckpoint(
+        dirpath=files.checkpoint_dir,
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last = LastCheckpoint(files.last_checkpoint, schedule)
+    callbacks = [SamplerProgress(), monitor, *extra_callbacks, best, last]
+    if progress_bar:
+        callbacks.append(StepProgressBar())
+    trainer = build_trainer(cfg, files, callbacks, logger, progress_bar)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg, files), weights_only=True)
+    validated = monitor.history["val"]
+    if not validated or validated[-1]["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)
+    if trainer.is_global_zero:
+        export_weights(module.model, module.identity, files.weights, files.model_config)
+    counts = module.model.num_params()
+    metrics = {
+        **monitor.summary(),
+        "params_total": counts["total"],
+        "params_active": counts["active"],
+        "steps": trainer.global_step,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return TrainResult(metrics, monitor.history, trainer.is_global_zero)

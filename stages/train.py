@@ -1,0 +1,59 @@
+"""DVC stage ``train``: fit the MoE language model on the token files.
+
+``python -m stages.train`` reads ``data/tokens/{train,validation}.bin`` and writes
+``models/checkpoints/{last,best}.ckpt``, ``models/model.safetensors`` + ``model_config.json``,
+``metrics/train.json`` and ``plots/train/{loss,val,load}.csv``. With ``train.strategy: ddp``
+Lightning re-executes this module in each extra process; only global rank zero opens an MLflow
+run or writes files.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+from pipeline.config import Params, load_params
+from pipeline.data.shards import read_header
+from pipeline.paths import Paths
+from pipeline.tracking import stage_run, tracking_uri
+from pipeline.train.outputs import TrainFiles, write_outputs
+from pipeline.train.trainer import is_rank_zero_process, train
+from stages.common import run_main
+
+
+def run(params: Params, paths: Paths, mlflow_run_id: str | None = None) -> dict:
+    """Train; on global rank zero write the metrics and plot files. Returns the metrics.
+
+    With ``mlflow_run_id``, Lightning's MLFlowLogger logs the step metrics into that run (the
+    tracking URI is passed explicitly: left alone it would fall back to a file store).
+    """
+    files = TrainFiles.from_paths(paths)
+    logger = (
+        MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow_run_id) if mlflow_run_id else None
+    )
+    result = train(params, files, logger=logger)
+    if result.is_global_zero:
+        write_outputs(files, result.metrics, result.history)
+    return result.metrics
+
+
+def main() -> None:
+    params = load_params()
+    paths = Paths()
+    if not is_rank_zero_process():  # a DDP worker: rank zero tracks and writes
+        run(params, paths)
+        return
+    files = TrainFiles.from_paths(paths)
+    inputs = {
+        "train_tokens": read_header(files.train_tokens).sha256,
+        "validation_tokens": read_header(files.val_tokens).sha256,
+    }
+    upstream = {"tokenize": paths.tokenize_run}
+    with stage_run("train", params, inputs, upstream, files.run_file) as tracked:
+        metrics = run(params, paths, mlflow_run_id=tracked.run_id)
+        tracked.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        for artifact in (files.metrics_file, files.model_config):
+            tracked.log_artifact(artifact)
+
+
+if __name__ == "__main__":
+    run_main("train", main)

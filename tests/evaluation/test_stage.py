@@ -1,0 +1,115 @@
+"""The evaluate stage end to end on tiny fixtures: outputs with stable keys, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import LOCAL_TASKS, parse_params
+from pipeline.errors import PipelineError
+from pipeline.io import write_json
+from pipeline.paths import Paths
+from pipeline.train.checkpoint import export_weights, model_identity
+from pipeline.train.outputs import TrainFiles
+from stages import evaluate
+
+from .conftest import BENCHMARK_ITEMS, TINY_MODEL
+
+PARAMS = {
+    "seed": 3,
+    "train": {"model": TINY_MODEL, "seq_len": 32},
+    "evaluate": {
+        "batch_size": 8,
+        "perplexity_max_tokens": 128,
+        "routing_max_tokens": 64,
+        "generation": {"prompts": ["Once upon a time", "Tom had"], "max_new_tokens": 4},
+    },
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, data_root, model):
+    """A copy of the data plus the tiny model exported exactly as the train stage exports it."""
+    root = tmp_path / "repo"
+    shutil.copytree(data_root, root)
+    files = TrainFiles.from_paths(Paths(root=root))
+    identity = model_identity(model.cfg, model.vocab_size)
+    export_weights(model, identity, files.weights, files.model_config)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return root
+
+
+def stand_in_upstream_runs(root, uri: str) -> str:
+    """A finished "train" run in the test store (to receive the eval scores) and run files."""
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("test")
+    train_run = client.create_run(experiment, run_name="train").info.run_id
+    client.set_terminated(train_run)
+    paths, files = Paths(root=root), TrainFiles.from_paths(Paths(root=root))
+    write_json(files.run_file, {"run_id": train_run})
+    write_json(paths.tokenize_run, {"run_id": "tokenize-run"})
+    write_json(paths.prepare_run, {"run_id": "prepare-run"})
+    return train_run
+
+
+def test_stage_writes_stable_metrics_and_tracks_runs(workdir, mlflow_uri, monkeypatch):
+    train_run = stand_in_upstream_runs(workdir, mlflow_uri)
+    monkeypatch.chdir(workdir)
+    evaluate.main()
+
+    paths = Paths(root=workdir)
+    metrics = json.loads(paths.eval_metrics.read_text())
+    for task in LOCAL_TASKS:
+        assert 0.0 <= metrics[f"{task}/acc"] <= 1.0
+        assert metrics[f"{task}/acc_stderr"] > 0.0
+        assert metrics[f"{task}/n"] == BENCHMARK_ITEMS
+        assert 0.0 < metrics[f"{task}/chance"] <= 0.5
+    for split in ("validation", "test"):
+        assert metrics[f"perplexity/{split}/tokens"] == 128
+        assert metrics[f"perplexity/{split}/bits_per_byte"] > 0
+        assert metrics[f"perplexity/{split}/ppl"] > 1
+    for layer in (0, 1):
+        for name in ("entropy", "dropped_fraction", "max_over_mean", "cv"):
+            assert f"routing/layer{layer}/{name}" in metrics
+    assert metrics["routing/tokens"] == 64
+
+    generations = json.loads(paths.eval_generations.read_text())
+    assert [g["prompt"] for g in generations] == ["Once upon a time", "Tom had"]
+    for name in ("expert_load.png", "specialisation/layer0.png", "expert_load.csv"):
+        assert (paths.eval_plots_dir / name).is_file()
+
+    client = MlflowClient(mlflow_uri)
+    eval_run_id = json.loads(paths.eval_run.read_text())["run_id"]
+    run = client.get_run(eval_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pipeline.stage"] == "evaluate"
+    assert run.data.tags["upstream.train.run_id"] == train_run
+    assert run.data.metrics["agreement/acc"] == metrics["agreement/acc"]
+    assert "plots/expert_load.png" in {a.path for a in client.list_artifacts(eval_run_id, "plots")}
+    layers = {a.path for a in client.list_artifacts(eval_run_id, "plots/specialisation")}
+    assert layers == {"plots/specialisation/layer0.png", "plots/specialisation/layer1.png"}
+    model_run = client.get_run(train_run).data.metrics
+    assert model_run["eval/agreement/acc"] == metrics["agreement/acc"]
+    assert model_run["eval/perplexity/test/bits_per_byte"] == pytest.approx(
+        metrics["perplexity/test/bits_per_byte"]
+    )
+
+
+def test_hf_model_without_an_export_is_a_clear_error(workdir):
+    params = parse_params({**PARAMS, "evaluate": {"model": "hf"}})
+    with pytest.raises(PipelineError, match=r"models/hf holds no exported model.*not available"):
+        evaluate.run(params, Paths(root=workdir))
+
+
+def test_missing_model_names_the_file_and_stage(tmp_path, data_root, mlflow_uri, monkeypatch):
+    """``main`` refuses before opening a run; ``run_main`` turns this into exit code 2."""
+    root = tmp_path / "repo"
+    shutil.copytree(data_root, root)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    monkeypatch.chdir(root)
+    with pytest.raises(PipelineError, match=r"models/model.safetensors: not found \(run the train"):
+        evaluate.main()

@@ -1,0 +1,58 @@
+"""Optimizer groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import OptimConfig
+from pipeline.train.optim import build_optimizer, param_groups, warmup_cosine
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(10, 4)
+        self.proj = nn.Linear(4, 4)  # weight decays; bias does not
+        self.norm = nn.LayerNorm(4)
+        self.experts_w1 = nn.Parameter(torch.zeros(3, 4, 8))  # 3-D expert weights decay
+
+
+def test_decay_only_on_weight_matrices():
+    model = Toy()
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in decay["params"]) == ["experts_w1", "proj.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == [
+        "embed_tokens.weight",
+        "norm.bias",
+        "norm.weight",
+        "proj.bias",
+    ]
+
+
+def test_warmup_then_cosine_to_the_floor():
+    factor = warmup_cosine(warmup_steps=4, max_steps=14, min_ratio=0.1)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(14) == pytest.approx(0.1) and factor(100) == pytest.approx(0.1)
+    values = [factor(s) for s in range(4, 15)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_scheduler_steps_the_optimizer_lr():
+    optimizer, scheduler = build_optimizer(
+        Toy(), OptimConfig(lr=1e-2, warmup_steps=2), max_steps=10
+    )
+    lrs = []
+    for _ in range(3):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([5e-3, 1e-2, 1e-2])
+    assert scheduler.state_dict()["lr_lambdas"] == [None, None]  # no schedule state is saved

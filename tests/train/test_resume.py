@@ -1,0 +1,132 @@
+"""Checkpoints: an interrupted-and-resumed run equals an uninterrupted one; files are atomic and
+loaded without pickle; a checkpoint of another model is refused by name."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from pipeline.train.checkpoint import AtomicCheckpointIO, CheckpointMismatchError
+from pipeline.train.outputs import TrainFiles
+
+# grad_accum 2 so that a restart must also land on an accumulation boundary.
+RESUME = {"max_steps": 8, "micro_batch_size": 2, "grad_accum": 2, "log_every": 1}
+
+
+class Interrupted(Exception):
+    pass
+
+
+class CrashAfter(Callback):
+    """Kill the run as the first micro-batch after optimizer step ``step`` starts."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupted
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny):
+    paths = tiny.write_tokens(tmp_path_factory.mktemp("straight"))
+    result = tiny.run(paths, tiny.params(**RESUME))
+    return result, load_file(TrainFiles.from_paths(paths).weights)
+
+
+@pytest.mark.parametrize(
+    "checkpoint_every",
+    [4, 3],
+    ids=["checkpoint-after-validation", "checkpoint-between-validations"],
+)
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(
+    tmp_path, tiny, straight, checkpoint_every
+):
+    expected, expected_weights = straight
+    paths = tiny.write_tokens(tmp_path)
+    p = tiny.params(**RESUME, checkpoint_every=checkpoint_every)
+    with pytest.raises(Interrupted):
+        tiny.run(paths, p, callbacks=[CrashAfter(checkpoint_every + 1)])  # past the checkpoint
+    files = TrainFiles.from_paths(paths)
+    assert torch.load(files.last_checkpoint, weights_only=True)["global_step"] == checkpoint_every
+
+    resumed = tiny.run(paths, p)  # resume: auto
+    assert tiny.losses(resumed)[checkpoint_every:] == tiny.losses(expected)[checkpoint_every:]
+    assert resumed.history == expected.history  # restored history + same continuation
+    assert resumed.metrics["steps"] == 8
+    weights = load_file(files.weights)
+    assert weights.keys() == expected_weights.keys()
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same(tmp_path, tiny):
+    paths = tiny.write_tokens(tmp_path)
+    first = tiny.run(paths, tiny.params(max_steps=2, checkpoint_every=2))
+    again = tiny.run(paths, tiny.params(max_steps=2, checkpoint_every=2))  # resumes at step 2
+    assert again.history == first.history
+    same = ("train_loss", "val_loss", "tokens_per_s", "mfu", "steps", "params_total")
+    assert {k: again.metrics[k] for k in same} == {k: first.metrics[k] for k in same}
+
+
+def test_checkpoint_holds_sampler_state_and_router_bias_buffers(tmp_path, tiny):
+    from pipeline.model import MoETransformer
+
+    paths = tiny.write_tokens(tmp_path)
+    p = tiny.params(max_steps=2, checkpoint_every=2, model={"moe": {"router": "sigmoid_bias"}})
+    tiny.run(paths, p)
+    checkpoint = torch.load(TrainFiles.from_paths(paths).last_checkpoint, weights_only=True)
+    assert checkpoint["TokenDataModule"]["sampler"]["position"] == 2 * 4  # 2 steps of 4 windows
+    assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
+    model = MoETransformer(p.train.model, tiny.VOCAB)
+    persistent = {name for name, _ in model.named_buffers()} & set(model.state_dict())
+    assert persistent, "a sigmoid_bias router keeps its balancing biases in buffers"
+    assert {f"model.{name}" for name in persistent} <= set(checkpoint["state_dict"])
+
+
+def test_checkpoint_of_another_model_config_is_refused_naming_the_differences(tmp_path, tiny):
+    paths = tiny.write_tokens(tmp_path)
+    tiny.run(paths, tiny.params(max_steps=2, checkpoint_every=2))
+    other = tiny.params(max_steps=4, model={"d_model": 48, "moe": {"num_experts": 8}})
+    with pytest.raises(CheckpointMismatchError) as info:
+        tiny.run(paths, other)
+    message = str(info.value)
+    assert "model.d_model: checkpoint 32, params 48" in message
+    assert "model.moe.num_experts: checkpoint 4, params 8" in message
+    assert "train.resume: never" in message
+
+
+def test_resume_never_starts_afresh(tmp_path, tiny):
+    paths = tiny.write_tokens(tmp_path)
+    first = tiny.run(paths, tiny.params(max_steps=2, checkpoint_every=2))
+    again = tiny.run(paths, tiny.params(max_steps=2, checkpoint_every=2, resume="never"))
+    assert tiny.losses(again) == tiny.losses(first)  # trained from step 0 again, same seed
+
+
+def test_failed_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, path)  # fails mid-serialisation
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
+
+
+class Payload:
+    """Any class: unpickling it would run code, which weights_only loading must refuse."""
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "evil.ckpt"
+    torch.save({"obj": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(path)
+    with pytest.raises(ValueError, match="refusing weights_only=False"):
+        io.load_checkpoint(path, weights_only=False)

@@ -1,0 +1,96 @@
+"""A tiny, fast training set-up shared by the training tests, the DDP worker and make_golden.
+
+Imported by path (tests/train/conftest.py, or as the script's own directory), because the
+tests directory is not an installed package.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Params, parse_params
+from pipeline.data.shards import ShardWriter
+from pipeline.paths import Paths
+from pipeline.train.outputs import TrainFiles
+from pipeline.train.trainer import TrainResult, train
+
+VOCAB = 300
+EOT = 0
+TINY: dict[str, Any] = {
+    "seed": 5,
+    "train": {
+        "model": {
+            "d_model": 32,
+            "n_layers": 2,
+            "n_heads": 2,
+            "n_kv_heads": 1,
+            "dense_hidden": 64,
+            "max_seq_len": 32,
+            "moe": {"num_experts": 4, "top_k": 2, "expert_hidden": 32},
+        },
+        "optim": {"lr": 1e-2, "warmup_steps": 3},
+        "seq_len": 32,
+        "micro_batch_size": 4,
+        "max_steps": 8,
+        "precision": "32-true",
+        "accelerator": "cpu",
+        "log_every": 2,
+        "val_every": 4,
+        "val_batches": 2,
+        "checkpoint_every": 4,
+        "peak_flops": 1e11,  # skip the matmul timing in tests
+    },
+}
+
+# The golden loss curve's run (tests/assets/golden_loss_tiny.json, tests/train/make_golden.py).
+GOLDEN: dict[str, Any] = {
+    "max_steps": 20,
+    "log_every": 5,
+    "val_every": 10,
+    "checkpoint_every": 20,
+    "resume": "never",
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def params(**train: Any) -> Params:
+    """The tiny params with ``train`` keys overridden (nested dicts merge)."""
+    return parse_params(merge(TINY, {"train": train}))
+
+
+def write_tokens(root: Path, train_tokens: int = 12_000, val_tokens: int = 1_500) -> Paths:
+    """Learnable random documents: counting runs with a random start and stride, so the loss
+    falls well below log(VOCAB) within a few steps and a broken optimizer shows."""
+    paths = Paths(root=root)
+    rng = np.random.default_rng(0)
+    for split, total in (("train", train_tokens), ("validation", val_tokens)):
+        docs = []
+        while sum(len(d) + 1 for d in docs) < total:
+            start, stride = int(rng.integers(1, VOCAB)), int(rng.integers(1, 4))
+            length = int(rng.integers(20, 60))
+            docs.append([1 + (start + stride * i) % (VOCAB - 1) for i in range(length)])
+        with ShardWriter(paths.tokens(split), "uint16", VOCAB, EOT) as writer:
+            writer.write_documents(docs)
+    return paths
+
+
+def run(paths: Paths, p: Params, callbacks: Sequence = ()) -> TrainResult:
+    return train(p, TrainFiles.from_paths(paths), progress_bar=False, extra_callbacks=callbacks)
+
+
+def losses(result: TrainResult) -> list[float]:
+    return [row["loss"] for row in result.history["train"]]
