@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from transformers import MixtralConfig
@@ -29,13 +27,12 @@ from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from pipeline.config import MoEConfig
 from pipeline.model import MoELayer
+from timing import matmul_peak, seconds
 
 HIDDEN = 512
 CONFIGS = {"E8k2I1024": (8, 2, 1024), "E64k8I128": (64, 8, 128)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("reference", "torch", "hf-eager", "hf-grouped_mm")
-PEAK_SIZE = 2048
-PEAK_MAX_SECONDS = 20.0  # bf16 matmul can be ~1 GFLOP/s on CPUs without AVX512-BF16
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,23 +44,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     return p.parse_args()
-
-
-def matmul_peak(dtype: torch.dtype) -> float:
-    """GFLOP/s of a 2048³ matmul (median of 3), or of a smaller one if 2048³ would take long."""
-    n = PEAK_SIZE
-    probe = _seconds(lambda: torch.randn(256, 256, dtype=dtype) @ torch.randn(256, 256, dtype=dtype))
-    while n > 256 and probe * (n / 256) ** 3 > PEAK_MAX_SECONDS / 4:
-        n //= 2
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    return 2 * n**3 / statistics.median(_seconds(lambda: a @ b) for _ in range(3)) / 1e9
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def moe_layer(e: int, k: int, inter: int, backend: str = "auto", seed: int = 0) -> MoELayer:
@@ -125,7 +105,7 @@ def run_config(name: str, dtype_name: str, args, peak: float) -> list[dict]:
         fwd_bwd(fwd, mod, x, grad)
     for _ in range(args.reps):  # rotate, so load from other processes hits every row alike
         for impl, (fwd, mod) in rows.items():
-            times[impl].append(_seconds(lambda f=fwd, m=mod: fwd_bwd(f, m, x, grad)))
+            times[impl].append(seconds(lambda f=fwd, m=mod: fwd_bwd(f, m, x, grad)))
     flops = 3 * 2 * args.tokens * k * 3 * HIDDEN * inter
     hf_best = min((statistics.median(t) for i, t in times.items() if i.startswith("hf")), default=None)
     out = []
