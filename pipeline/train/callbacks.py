@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
 
 from pipeline.config import TrainConfig
+from pipeline.errors import PipelineError
 from pipeline.train.metrics import load_balance, measure_peak_flops, mfu, slow_cpu_bf16
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,48 @@ class SamplerProgress(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         trainer.datamodule.sampler.mark_consumed()
+
+
+class NonFiniteLossError(PipelineError):
+    """The training loss became NaN or infinite."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training at the first micro-batch whose loss is NaN or infinite, before its
+    backward pass: no gradient and no optimizer step ever sees it, and no checkpoint is written
+    after it, so ``last.ckpt`` on disk stays the last good state. The decision is reduced over
+    the data-parallel ranks (any rank's bad loss stops all of them together), so no rank is
+    left waiting in a collective that the others never reach."""
+
+    def __init__(self, last_checkpoint: Path):
+        self.last_checkpoint = Path(last_checkpoint)
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        step = trainer.global_step + 1
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint} (step "
+            f"{_checkpoint_step(self.last_checkpoint)})"
+            if self.last_checkpoint.is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"train: the loss is {loss.detach().float().item()} at step {step} (not finite); "
+            f"training stopped before updating the weights; {kept}. Lower train.optim.lr, "
+            f"raise train.optim.warmup_steps, or check the data around this step"
+        )
+
+
+def _checkpoint_step(path: Path) -> int | str:
+    """The optimizer step a checkpoint was written at, read without unpickling code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except Exception as exc:  # an error report must not fail on the checkpoint it reports
+        return f"unreadable: {exc}"
 
 
 class LastCheckpoint(Checkpoint):

@@ -26,6 +26,7 @@ from pipeline.config import ConfigError, Params, TrainConfig
 from pipeline.data.shards import read_header
 from pipeline.train.callbacks import (
     LastCheckpoint,
+    NonFiniteLossGuard,
     SamplerProgress,
     StepProgressBar,
     StepSchedule,
@@ -145,7 +146,8 @@ def train(
         enable_version_counter=False,
     )
     last = LastCheckpoint(files.last_checkpoint, schedule)
-    callbacks = [SamplerProgress(), monitor, *extra_callbacks, best, last]
+    guard = NonFiniteLossGuard(files.last_checkpoint)
+    callbacks = [SamplerProgress(), guard, monitor, *extra_callbacks, best, last]
     if progress_bar:
         callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg, files, callbacks, logger, progress_bar)
