@@ -48,7 +48,9 @@ def parse_args() -> argparse.Namespace:
 
 def moe_layer(e: int, k: int, inter: int, backend: str = "auto", seed: int = 0) -> MoELayer:
     """Our layer with weights ~ N(0, 0.02) from ``seed`` (identical for every backend)."""
-    layer = MoELayer(HIDDEN, MoEConfig(num_experts=e, top_k=k, expert_hidden=inter, backend=backend))
+    layer = MoELayer(
+        HIDDEN, MoEConfig(num_experts=e, top_k=k, expert_hidden=inter, backend=backend)
+    )
     g = torch.Generator().manual_seed(seed)
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.02, generator=g)
@@ -107,7 +109,9 @@ def run_config(name: str, dtype_name: str, args, peak: float) -> list[dict]:
         for impl, (fwd, mod) in rows.items():
             times[impl].append(seconds(lambda f=fwd, m=mod: fwd_bwd(f, m, x, grad)))
     flops = 3 * 2 * args.tokens * k * 3 * HIDDEN * inter
-    hf_best = min((statistics.median(t) for i, t in times.items() if i.startswith("hf")), default=None)
+    hf_best = min(
+        (statistics.median(t) for i, t in times.items() if i.startswith("hf")), default=None
+    )
     out = []
     for impl, ts in times.items():
         med = statistics.median(ts)
@@ -141,7 +145,9 @@ def main() -> None:
         peak = max(peaks[dtype_name], peaks["fp32"])
         for name in args.configs:
             result = run_config(name, dtype_name, args, peak)
-            print(f"  {name} {dtype_name}: outputs agree within {result[0]['diff']:.2e} (norm-relative)")
+            print(
+                f"  {name} {dtype_name}: outputs agree within {result[0]['diff']:.2e} (norm-relative)"
+            )
             rows += result
     print_table(rows)
 

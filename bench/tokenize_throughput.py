@@ -54,7 +54,10 @@ def main() -> None:
             for name, work in (
                 ("bare", lambda: bare_loop(tokenizer.encode_batch, texts, cfg.batch_size)),
                 ("fast", lambda: bare_loop(tokenizer.encode_batch_fast, texts, cfg.batch_size)),
-                ("stage", lambda t=tmp: encode_split(tokenizer, args.parquet, Path(t) / "x.bin", cfg)),
+                (
+                    "stage",
+                    lambda t=tmp: encode_split(tokenizer, args.parquet, Path(t) / "x.bin", cfg),
+                ),
             ):
                 start = time.perf_counter()
                 work()

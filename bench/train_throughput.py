@@ -20,12 +20,12 @@ import argparse
 import statistics
 
 import torch
+from timing import matmul_peak, seconds
 
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.model import MoETransformer
 from pipeline.train.module import token_cross_entropy
 from pipeline.train.optim import build_optimizer
-from timing import matmul_peak, seconds
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +41,9 @@ def parse_args() -> argparse.Namespace:
 def dense_twin(cfg: ModelConfig) -> ModelConfig:
     """The same transformer with every layer dense and the MoE layers' active hidden size."""
     if cfg.first_dense_layers or cfg.moe_every != 1:
-        raise SystemExit("the dense twin is defined for all-MoE stacks (moe_every=1, no dense layers)")
+        raise SystemExit(
+            "the dense twin is defined for all-MoE stacks (moe_every=1, no dense layers)"
+        )
     hidden = (cfg.moe.top_k + cfg.moe.num_shared_experts) * cfg.moe.expert_hidden
     return cfg.model_copy(update={"first_dense_layers": cfg.n_layers, "dense_hidden": hidden})
 

@@ -1,13 +1,17 @@
 """DVC stage ``train``: fit the MoE language model on the token files.
 
 ``python -m stages.train`` reads ``data/tokens/{train,validation}.bin`` and writes
-``models/checkpoints/{last,best}.ckpt``, ``models/model.safetensors`` + ``model_config.json``,
-``metrics/train.json`` and ``plots/train/{loss,val,load}.csv``. With ``train.strategy: ddp``
+``models/checkpoints/<run>/{last,best}.ckpt`` (kept between ``dvc repro`` runs and keyed by
+:func:`~pipeline.train.outputs.run_fingerprint`, so that a killed run resumes),
+``models/model.safetensors`` + ``model_config.json``, ``metrics/train.json`` and
+``plots/train/{loss,val,load}.csv``. With ``train.strategy: ddp``
 Lightning re-executes this module in each extra process; only global rank zero opens an MLflow
 run or writes files.
 """
 
 from __future__ import annotations
+
+import logging
 
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -15,18 +19,19 @@ from pipeline.config import Params, load_params
 from pipeline.data.shards import read_header
 from pipeline.paths import Paths
 from pipeline.tracking import stage_run, tracking_uri
-from pipeline.train.outputs import TrainFiles, write_outputs
+from pipeline.train.outputs import TrainFiles, run_fingerprint, write_outputs
 from pipeline.train.trainer import is_rank_zero_process, train
 from stages.common import run_main
 
+log = logging.getLogger(__name__)
 
-def run(params: Params, paths: Paths, mlflow_run_id: str | None = None) -> dict:
+
+def run(params: Params, files: TrainFiles, mlflow_run_id: str | None = None) -> dict:
     """Train; on global rank zero write the metrics and plot files. Returns the metrics.
 
     With ``mlflow_run_id``, Lightning's MLFlowLogger logs the step metrics into that run (the
     tracking URI is passed explicitly: left alone it would fall back to a file store).
     """
-    files = TrainFiles.from_paths(paths)
     logger = (
         MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow_run_id) if mlflow_run_id else None
     )
@@ -39,17 +44,21 @@ def run(params: Params, paths: Paths, mlflow_run_id: str | None = None) -> dict:
 def main() -> None:
     params = load_params()
     paths = Paths()
-    if not is_rank_zero_process():  # a DDP worker: rank zero tracks and writes
-        run(params, paths)
-        return
     files = TrainFiles.from_paths(paths)
     inputs = {
         "train_tokens": read_header(files.train_tokens).sha256,
         "validation_tokens": read_header(files.val_tokens).sha256,
     }
+    files = files.for_run(run_fingerprint(params, inputs["train_tokens"]))
+    if not is_rank_zero_process():  # a DDP worker: rank zero tracks and writes
+        run(params, files)
+        return
+    for removed in files.remove_other_runs_checkpoints():
+        log.info("removed the checkpoints of another run: %s", removed)
+    log.info("checkpoints: %s (train.resume: %s)", files.checkpoint_dir, params.train.resume)
     upstream = {"tokenize": paths.tokenize_run}
     with stage_run("train", params, inputs, upstream, files.run_file) as tracked:
-        metrics = run(params, paths, mlflow_run_id=tracked.run_id)
+        metrics = run(params, files, mlflow_run_id=tracked.run_id)
         tracked.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         for artifact in (files.metrics_file, files.model_config):
             tracked.log_artifact(artifact)

@@ -1,10 +1,18 @@
-"""Shared test set-up: offline and telemetry-free, an isolated MLflow store per test, markers."""
+"""Shared test set-up: offline and telemetry-free, an isolated MLflow store per test, markers,
+and scratch git + DVC copies of the project for the pipeline-level tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 for key, value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -41,3 +49,72 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def stage_env(mlflow_uri) -> dict[str, str]:
+    """The environment of a stage subprocess: this venv first on PATH, this checkout importable,
+    the test's MLflow store."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "test"}
+    env["PYTHONPATH"] = str(REPO)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+@dataclass
+class ScratchRepo:
+    """A git + DVC copy of the project's code, ``dvc.yaml`` and ``params.yaml`` in a temp dir."""
+
+    path: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check:
+            assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    def dvc(self, *args: str) -> str:
+        return self.run(sys.executable, "-m", "dvc", *args).stdout
+
+    def git(self, *args: str) -> str:
+        return self.run("git", "-c", "user.name=t", "-c", "user.email=t@t", *args).stdout
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, params: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys replaced, nested dicts merged (neither is modified)."""
+    out = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both_dicts else value
+    return out
+
+
+@pytest.fixture
+def make_scratch_repo(tmp_path, stage_env) -> Callable[..., ScratchRepo]:
+    """``make_scratch_repo(params_override, name="repo")``: the project's params.yaml with the
+    override merged in, committed in a fresh git + DVC repository."""
+
+    def make(override: dict, name: str = "repo") -> ScratchRepo:
+        repo = ScratchRepo(tmp_path / name, {**stage_env, "DVC_NO_ANALYTICS": "1"})
+        for package in ("pipeline", "stages", "evaluation"):
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(REPO / package, repo.path / package, ignore=ignore)
+        shutil.copy(REPO / "dvc.yaml", repo.path)
+        repo.set_params(merge(yaml.safe_load((REPO / "params.yaml").read_text()), override))
+        repo.git("init", "-q")
+        repo.dvc("init", "-q")
+        repo.git("add", "-A")
+        repo.git("commit", "-qm", "scratch")
+        return repo
+
+    return make

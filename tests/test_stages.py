@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,24 +60,17 @@ def test_outputs_are_consistent(tmp_path):
     assert tasks == {"agreement", "entity_cloze", "counting"}
 
 
-def stage_env(mlflow_uri: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "test"}
-    env["PYTHONPATH"] = str(REPO)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
 def run_stage(name: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env, capture_output=True, text=True
     )
 
 
-def test_stage_commands_track_lineage_in_mlflow(tmp_path, mlflow_uri):
+def test_stage_commands_track_lineage_in_mlflow(tmp_path, mlflow_uri, stage_env):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    env = stage_env(mlflow_uri)
+
     for stage in ("prepare", "tokenize"):
-        done = run_stage(stage, tmp_path, env)
+        done = run_stage(stage, tmp_path, stage_env)
         assert done.returncode == 0, done.stderr[-2000:]
     prepare_run = json.loads((tmp_path / "data/prepared/run.json").read_text())["run_id"]
     tokenize_run = json.loads((tmp_path / "data/tokens/run.json").read_text())["run_id"]
@@ -93,12 +84,15 @@ def test_stage_commands_track_lineage_in_mlflow(tmp_path, mlflow_uri):
     assert {a.path for a in client.list_artifacts(tokenize_run, "tokenizer")} == {
         "tokenizer/tokenizer.json"
     }
-    assert client.get_run(prepare_run).data.tags["output.train.sha256"] == stats["splits"]["train"]["sha256"]
+    assert (
+        client.get_run(prepare_run).data.tags["output.train.sha256"]
+        == stats["splits"]["train"]["sha256"]
+    )
 
 
-def test_bad_params_exit_2_before_writing_anything(tmp_path, mlflow_uri):
+def test_bad_params_exit_2_before_writing_anything(tmp_path, stage_env):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare": {"sorce": "files"}}))
-    done = run_stage("prepare", tmp_path, stage_env(mlflow_uri))
+    done = run_stage("prepare", tmp_path, stage_env)
     assert done.returncode == 2
     assert "unknown key 'prepare.sorce'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -107,11 +101,11 @@ def test_bad_params_exit_2_before_writing_anything(tmp_path, mlflow_uri):
     ) == ["params.yaml"]
 
 
-def test_bad_input_file_exits_2_and_marks_the_run_failed(tmp_path, mlflow_uri):
+def test_bad_input_file_exits_2_and_marks_the_run_failed(tmp_path, mlflow_uri, stage_env):
     (tmp_path / "bad.txt").write_bytes(b"ok \xff\xfe bytes")
     params = {"prepare": {"source": "files", "files": {"glob": "bad.txt"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    done = run_stage("prepare", tmp_path, stage_env(mlflow_uri))
+    done = run_stage("prepare", tmp_path, stage_env)
     assert done.returncode == 2
     assert "bad.txt: invalid UTF-8 at byte offset 3" in done.stderr
     assert not (tmp_path / "data" / "prepared").exists() or not any(
@@ -122,50 +116,21 @@ def test_bad_input_file_exits_2_and_marks_the_run_failed(tmp_path, mlflow_uri):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def dvc(cwd: Path, env: dict, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
-
-
 @pytest.fixture
-def scratch_repo(tmp_path, mlflow_uri) -> tuple[Path, dict]:
-    """A git + DVC copy of the project with tiny params."""
-    repo = tmp_path / "repo"
-    for name in ("pipeline", "stages", "evaluation"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", repo)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["seed"] = TINY["seed"]
-    params["prepare"]["synthetic"].update(TINY["prepare"]["synthetic"])
-    params["tokenize"].update(TINY["tokenize"])
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "init", "-q")
-    env = {**stage_env(mlflow_uri), "DVC_NO_ANALYTICS": "1"}
-    dvc(repo, env, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
-    return repo, env
+def scratch_repo(make_scratch_repo):
+    return make_scratch_repo(TINY)
 
 
 def test_dvc_repro_reruns_only_what_changed(scratch_repo):
-    repo, env = scratch_repo
-    first = dvc(repo, env, "repro", "tokenize")
+    repo = scratch_repo
+    first = repo.dvc("repro", "tokenize")
     assert "Running stage 'prepare'" in first and "Running stage 'tokenize'" in first
-    assert (repo / "data/tokens/train.bin").exists()
-    assert "Running stage" not in dvc(repo, env, "repro", "tokenize")
+    assert (repo.path / "data/tokens/train.bin").exists()
+    assert "Running stage" not in repo.dvc("repro", "tokenize")
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = repo.params()
     params["tokenize"]["vocab_size"] = 500
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = dvc(repo, env, "repro", "tokenize")
+    repo.set_params(params)
+    third = repo.dvc("repro", "tokenize")
     assert "Running stage 'tokenize'" in third and "Running stage 'prepare'" not in third
-    assert json.loads((repo / "metrics/tokenize.json").read_text())["vocab_size"] <= 500
+    assert json.loads((repo.path / "metrics/tokenize.json").read_text())["vocab_size"] <= 500

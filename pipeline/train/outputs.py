@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Params
 from pipeline.io import write_json
 from pipeline.paths import Paths
 from pipeline.train.metrics import write_csv
@@ -13,11 +17,15 @@ from pipeline.train.metrics import write_csv
 
 @dataclass(frozen=True)
 class TrainFiles:
+    """``run_key`` (see :func:`run_fingerprint`) puts the checkpoints of one training run in
+    their own ``models/checkpoints/<run_key>/`` directory."""
+
     train_tokens: Path
     val_tokens: Path
     models_dir: Path
     metrics_file: Path
     plots_dir: Path
+    run_key: str | None = None
 
     @classmethod
     def from_paths(cls, paths: Paths) -> TrainFiles:
@@ -29,9 +37,29 @@ class TrainFiles:
             plots_dir=paths.root / "plots" / "train",
         )
 
+    def for_run(self, run_key: str) -> TrainFiles:
+        return replace(self, run_key=run_key)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.models_dir / "checkpoints"
+
     @property
     def checkpoint_dir(self) -> Path:
-        return self.models_dir / "checkpoints"
+        return self.checkpoint_root / self.run_key if self.run_key else self.checkpoint_root
+
+    def remove_other_runs_checkpoints(self) -> list[Path]:
+        """Delete the checkpoint directories of other runs (other params or data); returns them.
+
+        Only the current run can resume from its checkpoints, and finished runs keep their
+        results in ``model.safetensors`` and the metrics, so the others are dead weight.
+        """
+        if not self.run_key or not self.checkpoint_root.is_dir():
+            return []
+        others = [d for d in self.checkpoint_root.iterdir() if d.name != self.run_key]
+        for other in others:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+        return others
 
     @property
     def last_checkpoint(self) -> Path:
@@ -52,6 +80,23 @@ class TrainFiles:
     @property
     def run_file(self) -> Path:
         return self.models_dir / "run.json"
+
+
+def run_fingerprint(params: Params, train_tokens_sha256: str) -> str:
+    """Identifies one training run: the seed, the whole ``train`` section and the training data.
+
+    ``dvc repro`` keeps ``models/checkpoints`` between runs (``persist: true``) so that a killed
+    run resumes; keying the checkpoints by this fingerprint lets only the same run resume, while
+    a variant (``dvc exp run -S train....``, new data) starts afresh instead of picking up, or
+    being refused, another run's state.
+    """
+    identity = {
+        "seed": params.seed,
+        "train": params.train.model_dump(mode="json"),
+        "train_tokens": train_tokens_sha256,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"run-{digest[:12]}"
 
 
 def write_outputs(

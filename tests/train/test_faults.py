@@ -49,11 +49,13 @@ def test_non_finite_loss_marks_the_mlflow_run_failed(tmp_path, tiny, mlflow_uri,
     monkeypatch.chdir(tmp_path)
     paths = tiny.write_tokens(tmp_path)
     p = tiny.params(max_steps=4, checkpoint_every=2, val_every=100, log_every=1)
-    with pytest.raises(NonFiniteLossError):
-        with stage_run("train", p, {}, {}, tmp_path / "run.json") as tracked:
-            logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=tracked.run_id)
-            train(p, TrainFiles.from_paths(paths), logger=logger, progress_bar=False,
-                  extra_callbacks=[PoisonWeights(step=3, value=math.nan)])  # fmt: skip
+    poison = PoisonWeights(step=3, value=math.nan)
+    with (
+        pytest.raises(NonFiniteLossError),
+        stage_run("train", p, {}, {}, tmp_path / "run.json") as tracked,
+    ):
+        logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=tracked.run_id)
+        train(p, TrainFiles.from_paths(paths), logger, progress_bar=False, extra_callbacks=[poison])
 
     client = MlflowClient(mlflow_uri)
     run = client.get_run(tracked.run_id)

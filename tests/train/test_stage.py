@@ -37,7 +37,7 @@ def test_run_writes_metrics_plots_and_weights_and_logs_to_mlflow(
     paths = tiny.write_tokens(tmp_path)
     p = tiny.params(max_steps=6, log_every=2, val_every=3)
     with stage_run("train", p, {}, {}, tmp_path / "run.json") as tracked:
-        metrics = train_stage.run(p, paths, mlflow_run_id=tracked.run_id)
+        metrics = train_stage.run(p, TrainFiles.from_paths(paths), mlflow_run_id=tracked.run_id)
     files = TrainFiles.from_paths(paths)
 
     assert json.loads(files.metrics_file.read_text()) == pytest.approx(metrics)
@@ -73,7 +73,7 @@ def test_exported_weights_are_the_final_weights(tmp_path, tiny):
 
     paths = tiny.write_tokens(tmp_path)
     p = tiny.params(max_steps=2, checkpoint_every=2)
-    train_stage.run(p, paths)
+    train_stage.run(p, TrainFiles.from_paths(paths))
     files = TrainFiles.from_paths(paths)
     config = json.loads(files.model_config.read_text())
     assert config["vocab_size"] == tiny.VOCAB and config["model"] == p.train.model.model_dump(
@@ -92,7 +92,7 @@ def test_too_small_corpus_is_a_pipeline_error(tmp_path, tiny):
     with ShardWriter(paths.tokens("train"), "uint16", tiny.VOCAB, tiny.EOT) as writer:
         writer.write_documents([list(range(1, 20))])  # 20 tokens; a window needs 33
     with pytest.raises(TrainDataError, match=r"train.bin: corpus smaller than one training window"):
-        train_stage.run(tiny.params(), paths)
+        train_stage.run(tiny.params(), TrainFiles.from_paths(paths))
 
 
 def test_cli_tracks_the_run_with_lineage(tmp_path, tiny, mlflow_uri):
@@ -127,7 +127,8 @@ def test_cli_tracks_the_run_with_lineage(tmp_path, tiny, mlflow_uri):
 def test_bf16_mixed_runs_on_cpu_and_says_so(tmp_path, tiny, caplog):
     paths = tiny.write_tokens(tmp_path)
     with caplog.at_level("INFO", logger="pipeline.train.callbacks"):
-        metrics = train_stage.run(tiny.params(max_steps=2, precision="bf16-mixed"), paths)
+        p = tiny.params(max_steps=2, precision="bf16-mixed")
+        metrics = train_stage.run(p, TrainFiles.from_paths(paths))
     assert torch.isfinite(torch.tensor(metrics["val_loss"]))
     assert "precision bf16-mixed" in caplog.text and "training on cpu" in caplog.text
 
