@@ -22,12 +22,12 @@ import argparse
 import statistics
 
 import torch
+from timing import matmul_peak, seconds
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from pipeline.config import MoEConfig
 from pipeline.model import MoELayer
-from timing import matmul_peak, seconds
 
 HIDDEN = 512
 CONFIGS = {"E8k2I1024": (8, 2, 1024), "E64k8I128": (64, 8, 128)}

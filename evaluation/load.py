@@ -6,6 +6,9 @@ it trained with, ``vocab_size``) and ``models/model.safetensors`` (written with
 :func:`pipeline.train.checkpoint.export_weights`. The model is rebuilt from the saved config,
 not from today's ``params.yaml``: evaluation must score the model that was trained, even when
 the params have moved on since.
+
+The ``hf`` evaluation path (``evaluate.model: hf``) scores the Hugging Face export instead, through
+lm-eval's own ``HFLM``: what a user of the published directory would get.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from safetensors.torch import load_model as load_safetensors
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
+from pipeline.export.hf_dir import verify_export
 from pipeline.io import read_json
 from pipeline.model import MoETransformer
 from pipeline.train.checkpoint import WEIGHTS_FORMAT
@@ -68,3 +72,17 @@ def load_model(models_dir: Path, device: torch.device | str = "cpu") -> MoETrans
     model = MoETransformer(cfg, vocab_size)
     load_safetensors(model, str(weights))
     return model.to(device).eval()
+
+
+def load_hf_lm(hf_dir: Path, batch_size: int, device: torch.device | str = "cpu"):
+    """lm-eval's ``HFLM`` on the exported directory, after :func:`verify_export` has checked that
+    the directory is complete and is what the export wrote."""
+    if not (hf_dir / "config.json").is_file():
+        raise ModelLoadError(
+            f"evaluate.model is 'hf' but {hf_dir} holds no exported model (run the export stage)"
+        )
+    verify_export(hf_dir)
+    from lm_eval.models.huggingface import HFLM
+
+    log.info("lm-eval model: HFLM(%s) on %s", hf_dir, device)
+    return HFLM(pretrained=str(hf_dir), batch_size=batch_size, device=str(device))

@@ -179,6 +179,35 @@ class OptimConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
 
 
+class ParallelConfig(Section):
+    """How the ``devices × num_nodes`` processes split the work (``strategy: model_parallel``).
+
+    The world is a ``data_parallel × expert_parallel`` device mesh. Every rank reads its own
+    slice of the global batch; the dense weights are replicated over the whole world (or sharded
+    by FSDP2), and each MoE layer's experts are split into ``expert_parallel`` contiguous groups,
+    one per rank of an expert-parallel group, with tokens sent to them by all-to-all.
+    """
+
+    data_parallel: int | Literal["auto"] = Field(
+        "auto", description="mesh rows; auto = world size / expert_parallel"
+    )
+    expert_parallel: int = Field(1, ge=1, description="ranks sharing one copy of the experts")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="fsdp2: fully_shard the weights over all data-parallel ranks"
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block in the backward instead of storing activations"
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> ParallelConfig:
+        if self.data_parallel != "auto" and self.data_parallel < 1:
+            raise ValueError(
+                f"train.parallel.data_parallel = {self.data_parallel}: expected 'auto' or >= 1"
+            )
+        return self
+
+
 class TrainConfig(Section):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -193,7 +222,8 @@ class TrainConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp"] = "auto"
+    strategy: Literal["auto", "ddp", "model_parallel"] = "auto"
+    parallel: ParallelConfig = ParallelConfig()
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1)
     val_batches: int = Field(20, ge=1)
@@ -209,7 +239,45 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.seq_len = {self.seq_len} exceeds train.model.max_seq_len = {self.model.max_seq_len}"
             )
+        check_parallel_layout(self)
         return self
+
+    def world_size(self) -> int | None:
+        """``devices × num_nodes``, or None while ``devices: auto`` (known at launch only)."""
+        return None if self.devices == "auto" else self.devices * self.num_nodes
+
+
+def check_parallel_layout(cfg: TrainConfig, world: int | None = None) -> tuple[int, int] | None:
+    """Cross-field rules of ``train.parallel``; returns ``(data_parallel, expert_parallel)``
+    once the world size is known (from the params, or from the launcher via ``world``)."""
+    par, experts = cfg.parallel, cfg.model.moe.num_experts
+    if experts % par.expert_parallel:
+        raise ValueError(
+            f"train.parallel.expert_parallel = {par.expert_parallel} must divide "
+            f"train.model.moe.num_experts = {experts}"
+        )
+    needs_mesh = par.expert_parallel > 1 or par.sharding != "none"
+    if needs_mesh and cfg.strategy != "model_parallel":
+        raise ValueError(
+            f"train.parallel (expert_parallel = {par.expert_parallel}, sharding = "
+            f"{par.sharding!r}) needs train.strategy: model_parallel, got {cfg.strategy!r}"
+        )
+    if par.sharding == "fsdp2" and par.expert_parallel > 1:
+        raise ValueError(
+            "train.parallel.sharding = 'fsdp2' with expert_parallel > 1 is not supported yet "
+            "(the FSDP2 and expert meshes differ, and gradient-norm code assumes one mesh); "
+            "use sharding: none with expert parallelism, or expert_parallel: 1 with fsdp2"
+        )
+    world = world or cfg.world_size()
+    if world is None:
+        return None
+    dp = world // par.expert_parallel if par.data_parallel == "auto" else par.data_parallel
+    if dp * par.expert_parallel != world:
+        raise ValueError(
+            f"train.parallel: data_parallel ({par.data_parallel}) × expert_parallel "
+            f"({par.expert_parallel}) must equal the world size devices × num_nodes = {world}"
+        )
+    return dp, par.expert_parallel
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.errors import PipelineError
 
@@ -21,3 +22,10 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
     except PipelineError as exc:
         print(f"[{stage}] error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def require(path: Path, stage: str) -> Path:
+    """``path``, or a :class:`PipelineError` naming the stage that writes it."""
+    if not path.exists():
+        raise PipelineError(f"{path}: not found (run the {stage} stage)")
+    return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from mlflow.exceptions import MlflowException
@@ -23,7 +22,7 @@ from tokenizers import Tokenizer
 from evaluation.generation import generations_markdown, sample_generations
 from evaluation.harness import run_harness
 from evaluation.lm_adapter import NativeLM
-from evaluation.load import load_model
+from evaluation.load import load_hf_lm, load_model
 from evaluation.perplexity import perplexity
 from evaluation.routing import analyse_routing
 from evaluation.token_bytes import token_byte_lengths, token_bytes
@@ -32,12 +31,13 @@ from pipeline.data.shards import open_tokens, read_header
 from pipeline.data.synthetic import word_categories
 from pipeline.data.tokenizer import TOKENIZER_FILE
 from pipeline.errors import PipelineError
+from pipeline.export.hf_dir import EXPORT_SUBDIR
 from pipeline.io import read_json, sha256_file, write_json, write_text
 from pipeline.model import MoETransformer
 from pipeline.paths import Paths
 from pipeline.tracking import stage_run, tracking_uri
 from pipeline.train.outputs import TrainFiles
-from stages.common import run_main
+from stages.common import require, run_main
 
 log = logging.getLogger("stages.evaluate")
 
@@ -52,16 +52,7 @@ def harness_model(params: Params, files: TrainFiles, lm: NativeLM, device: torch
     """The lm-eval model: the native adapter, or the Hugging Face export through ``HFLM``."""
     if params.evaluate.model == "native":
         return lm
-    hf_dir = files.models_dir / "hf"
-    if not (hf_dir / "config.json").is_file():
-        raise PipelineError(
-            f"evaluate.model is 'hf' but {hf_dir} holds no exported model: the Hugging Face "
-            "export is not available yet (use evaluate.model: native)"
-        )
-    from lm_eval.models.huggingface import HFLM
-
-    log.info("lm-eval model: HFLM(%s) on %s", hf_dir, device)
-    return HFLM(pretrained=str(hf_dir), batch_size=params.evaluate.batch_size, device=str(device))
+    return load_hf_lm(files.models_dir / EXPORT_SUBDIR, params.evaluate.batch_size, device)
 
 
 @dataclass
@@ -192,12 +183,6 @@ def log_into_model_run(run_id: str, scores: dict[str, float]) -> None:
         )
     except MlflowException as exc:
         log.warning("could not add eval scores to the train run %s: %s", run_id, exc)
-
-
-def require(path: Path, stage: str) -> Path:
-    if not path.exists():
-        raise PipelineError(f"{path}: not found (run the {stage} stage)")
-    return path
 
 
 def main() -> None:

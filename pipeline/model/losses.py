@@ -28,15 +28,19 @@ def expert_counts(ids_TK: torch.Tensor, num_experts: int) -> torch.Tensor:
     return torch.bincount(ids_TK.reshape(-1) + 1, minlength=num_experts + 1)[1:].float()
 
 
-def load_balance_loss(ids_TK: torch.Tensor, probs_TE: torch.Tensor) -> torch.Tensor:
+def load_balance_loss(
+    ids_TK: torch.Tensor, probs_TE: torch.Tensor, counts_E: torch.Tensor | None = None
+) -> torch.Tensor:
     """Switch Transformer loss ``E · Σ_e f_e · P_e``; 1 when routing is uniform.
 
     ``f_e`` is the fraction of assignments routed to e (not differentiable), ``P_e`` the mean
     router probability of e. With k > 1, ``f`` is normalised over the T·k assignments so that
-    the minimum stays 1 whatever k.
+    the minimum stays 1 whatever k. ``counts_E`` overrides the local counts (a distributed run
+    passes the counts summed over its ranks, so ``f`` is the global batch's).
     """
     num_experts = probs_TE.shape[1]
-    counts_E = expert_counts(ids_TK, num_experts)
+    if counts_E is None:
+        counts_E = expert_counts(ids_TK, num_experts)
     f_E = counts_E / counts_E.sum().clamp(min=1)
     return num_experts * (f_E * probs_TE.mean(dim=0)).sum()
 

@@ -13,6 +13,14 @@ through the residual connection (and the shared experts).
 Loss granularity (why the losses are means, and what is exact under micro-batching): see
 :mod:`pipeline.model.losses`.
 
+Distributed runs. ``stats_group`` (set by the trainer to the whole data-parallel world) sums the
+expert counts over its ranks before the Switch loss and the logged statistics use them, so both
+describe the global micro-batch: the same numbers whatever the parallel layout (the mean of the
+ranks' losses ``E·Σ f_global·P_rank`` is exactly the single-process loss, as every rank holds
+the same number of tokens). ``expert_shard`` (expert parallelism) makes ``w1, w3, w2`` hold
+only this rank's experts and sends tokens to them by all-to-all
+(:mod:`pipeline.parallel.expert`).
+
 Legend: B batch, L sequence length, T = B·L tokens, K slots, E experts, D model, F expert hidden.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from pipeline.config import MoEConfig
@@ -28,6 +37,7 @@ from pipeline.model import losses
 from pipeline.model.layers import MLP
 from pipeline.model.router import Routing, build_router, expert_capacity
 from pipeline.ops import get_backend
+from pipeline.parallel.expert import ExpertShard, expert_parallel_experts
 
 
 @dataclass
@@ -39,6 +49,7 @@ class RouterStats:
     ``dropped_fraction``: token choice: fraction of assignments dropped by capacity;
     expert choice: fraction of tokens no expert picked.
     ``entropy``: mean router entropy in nats (ln E = uniform).
+    ``counts (E,)``: assignments per expert (before capacity drops).
     ``losses``: the unweighted router losses by name (``load_balance``, ``z_loss``,
     ``seq_balance``).
     """
@@ -47,6 +58,7 @@ class RouterStats:
     mean_prob: torch.Tensor
     dropped_fraction: torch.Tensor
     entropy: torch.Tensor
+    counts: torch.Tensor
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -66,6 +78,8 @@ class MoELayer(nn.Module):
         shared = cfg.num_shared_experts * cfg.expert_hidden
         self.shared = MLP(d_model, shared) if shared else None
         self.backend = get_backend(cfg.backend)
+        self.stats_group: dist.ProcessGroup | None = None
+        self.expert_shard: ExpertShard | None = None
 
     def params_per_expert(self) -> int:
         return self.w1[0].numel() + self.w3[0].numel() + self.w2[0].numel()
@@ -79,13 +93,15 @@ class MoELayer(nn.Module):
         y_TD = self._experts(x_TD, weights_TK, ids_TK)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
-        named = self._losses(routing, batch)
+        stats = self._stats(routing, dropped)
+        named = self._losses(routing, batch, stats.counts)
+        stats.losses = {name: value.detach() for name, value in named.items()}
         aux = (
             self.cfg.aux_loss_weight * named["load_balance"]
             + self.cfg.z_loss_weight * named["z_loss"]
             + self.cfg.seq_aux_loss_weight * named["seq_balance"]
         )
-        return y_TD.view(batch, length, d), aux, self._stats(routing, dropped, named)
+        return y_TD.view(batch, length, d), aux, stats
 
     def _apply_capacity(self, r: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Drop assignments over capacity; returns weights, ids (-1 = dropped), dropped fraction."""
@@ -111,22 +127,34 @@ class MoELayer(nn.Module):
             torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x_TD.dtype
         )
         with torch.autocast(device, enabled=False):
-            return self.backend(x_TD.to(dtype), weights_TK, ids_TK, self.w1, self.w3, self.w2)
+            args = (x_TD.to(dtype), weights_TK, ids_TK, self.w1, self.w3, self.w2)
+            if self.expert_shard is None:
+                return self.backend(*args)
+            return expert_parallel_experts(self.backend, *args, self.expert_shard)
 
-    def _losses(self, r: Routing, batch: int) -> dict[str, torch.Tensor]:
+    def _losses(self, r: Routing, batch: int, counts_E: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
-            "load_balance": losses.load_balance_loss(r.expert_ids_TK, r.probs_TE),
+            "load_balance": losses.load_balance_loss(r.expert_ids_TK, r.probs_TE, counts_E),
             "z_loss": losses.z_loss(r.logits_TE),
             "seq_balance": losses.seq_balance_loss(r.expert_ids_TK, r.probs_TE, batch),
         }
 
     @torch.no_grad()
-    def _stats(self, r: Routing, dropped: torch.Tensor, named: dict) -> RouterStats:
-        counts_E = losses.expert_counts(r.expert_ids_TK, self.cfg.num_experts)
+    def _stats(self, r: Routing, dropped: torch.Tensor) -> RouterStats:
+        """Counts summed, the other statistics averaged over ``stats_group`` (one collective)."""
+        e = self.cfg.num_experts
+        counts_E = losses.expert_counts(r.expert_ids_TK, e)
+        means = torch.cat(
+            [r.probs_TE.mean(dim=0), losses.router_entropy(r.probs_TE)[None], dropped[None]]
+        ).float()
+        if self.stats_group is not None:
+            packed = torch.cat([counts_E, means / dist.get_world_size(self.stats_group)])
+            dist.all_reduce(packed, group=self.stats_group)
+            counts_E, means = packed[:e], packed[e:]
         return RouterStats(
             load=counts_E / counts_E.sum().clamp(min=1),
-            mean_prob=r.probs_TE.mean(dim=0),
-            dropped_fraction=dropped,
-            entropy=losses.router_entropy(r.probs_TE),
-            losses={name: value.detach() for name, value in named.items()},
+            mean_prob=means[:e],
+            dropped_fraction=means[e + 1],
+            entropy=means[e],
+            counts=counts_E,
         )

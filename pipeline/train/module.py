@@ -11,6 +11,13 @@ exactly invariant too; the Switch balance loss is a product of two batch means c
 micro-batch (as in Switch and Megatron): its value stays put, but its router gradient follows
 each micro-batch's own expert fractions (``pipeline/model/losses.py``; measured in
 ``tests/train/test_invariance.py``).
+
+Parallel layouts (``train.parallel``, :mod:`pipeline.parallel`): ``configure_model`` shards the
+experts and applies FSDP2 / activation checkpointing on the strategy's device mesh; without
+FSDP2, this module reduces the gradients itself once per optimizer step and, with expert
+parallelism, clips by the norm of the whole (sharded) gradient. The router statistics of any
+multi-process run are aggregated over the world, so the Switch loss and the logged load are
+those of the global micro-batch whatever the layout.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import torch.nn.functional as F
 
 from pipeline.config import TrainConfig
 from pipeline.model import MoETransformer
+from pipeline.parallel.expert import EP_DIM
+from pipeline.parallel.setup import all_reduce_gradients, clip_grad_norm, parallelize
 from pipeline.train.checkpoint import (
     CHECKPOINT_KEY,
     CheckpointMismatchError,
@@ -48,6 +57,33 @@ class MoELanguageModel(L.LightningModule):
             self.model.compile()  # in place: state_dict keys stay free of "_orig_mod."
         self._val_sum = self._val_count = torch.zeros(())  # reset per validation, on the device
         self.val_loss: float | None = None
+        self._parallelized = False
+        self._last_micro_batch = True
+
+    def configure_model(self) -> None:
+        """Lightning calls this once per fit/validate, after the processes exist and before the
+        optimizer is built; the layout is applied once."""
+        if not self._parallelized:
+            parallelize(self.model, self.cfg.parallel, self.device_mesh)
+            self._parallelized = True
+
+    @property
+    def _reduces_gradients(self) -> bool:
+        """Model-parallel strategy without FSDP2: nobody else averages the gradients."""
+        return self.device_mesh is not None and self.cfg.parallel.sharding == "none"
+
+    def on_after_backward(self) -> None:
+        if self._reduces_gradients and self._last_micro_batch:
+            all_reduce_gradients(self.model, self.device_mesh)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        if self.device_mesh is not None and self.device_mesh[EP_DIM].size() > 1:
+            if gradient_clip_val:
+                clip_grad_norm(self.model, gradient_clip_val, self.device_mesh)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -55,6 +91,7 @@ class MoELanguageModel(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         inputs, targets = batch  # (B, T) each
+        self._last_micro_batch = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
         out = self.model(inputs)
         ce = token_cross_entropy(out.logits, targets)
         return {

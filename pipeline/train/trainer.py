@@ -1,9 +1,12 @@
 """Build the Lightning Trainer from params and run one training: fit, validate, export.
 
 Parallelism is Lightning's own: ``devices`` x ``num_nodes`` processes under ``strategy: ddp``
-(NCCL on GPUs, gloo on CPUs), launched by Lightning itself, by ``torchrun`` or by SLURM. The
-launcher re-executes the entry point in each extra process, so everything here runs on every
-rank; only global rank zero writes files.
+or ``model_parallel`` (a data-parallel x expert-parallel device mesh, optional FSDP2:
+:mod:`pipeline.parallel`), NCCL on GPUs, gloo on CPUs, launched by Lightning itself, by
+``torchrun`` or by SLURM. The launcher re-executes the entry point in each extra process, so
+everything here runs on every rank; only global rank zero writes files. Under
+``model_parallel`` checkpoints are DCP directories (``last.ckpt/``), and the exported weights
+are gathered from all ranks into one ordinary model first.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from pipeline.config import ConfigError, Params, TrainConfig
 from pipeline.data.shards import read_header
+from pipeline.parallel.checkpoint import full_model
+from pipeline.parallel.strategy import MeshStrategy
 from pipeline.train.callbacks import (
     LastCheckpoint,
     NonFiniteLossGuard,
@@ -61,6 +66,8 @@ def build_strategy(cfg: TrainConfig) -> Strategy | str:
     if cfg.strategy == "ddp":
         # Lightning picks the backend: NCCL for CUDA, gloo for CPU processes.
         return DDPStrategy()
+    if cfg.strategy == "model_parallel":
+        return MeshStrategy(cfg)
     return "auto"
 
 
@@ -109,7 +116,7 @@ def build_trainer(
 
 
 def resume_path(cfg: TrainConfig, files: TrainFiles) -> Path | None:
-    if cfg.resume == "auto" and files.last_checkpoint.is_file():
+    if cfg.resume == "auto" and files.last_checkpoint.exists():  # a DCP checkpoint is a folder
         log.info("resuming from %s", files.last_checkpoint)
         return files.last_checkpoint
     return None
@@ -133,6 +140,7 @@ def train(
     L.seed_everything(params.seed, workers=True)  # before the model: its init is seeded
     vocab_size = read_header(files.train_tokens).vocab_size
     module = MoELanguageModel(cfg, vocab_size)
+    counts = module.model.num_params()  # before configure_model shards anything
     data = TokenDataModule(files.train_tokens, files.val_tokens, cfg, params.seed)
     schedule = StepSchedule.from_config(cfg)
     monitor = TrainMonitor(cfg, module.model.flops_per_token(cfg.seq_len), cfg.peak_flops)
@@ -155,9 +163,9 @@ def train(
     validated = monitor.history["val"]
     if not validated or validated[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)
+    export_model = full_model(module.model) if cfg.strategy == "model_parallel" else module.model
     if trainer.is_global_zero:
-        export_weights(module.model, module.identity, files.weights, files.model_config)
-    counts = module.model.num_params()
+        export_weights(export_model, module.identity, files.weights, files.model_config)
     metrics = {
         **monitor.summary(),
         "params_total": counts["total"],

@@ -101,7 +101,9 @@ def test_stage_writes_stable_metrics_and_tracks_runs(workdir, mlflow_uri, monkey
 
 def test_hf_model_without_an_export_is_a_clear_error(workdir):
     params = parse_params({**PARAMS, "evaluate": {"model": "hf"}})
-    with pytest.raises(PipelineError, match=r"models/hf holds no exported model.*not available"):
+    with pytest.raises(
+        PipelineError, match=r"models/hf holds no exported model \(run the export stage\)"
+    ):
         evaluate.run(params, Paths(root=workdir))
 
 

@@ -219,9 +219,7 @@ def test_gemm_dtype_policy():
 
 
 def test_backend_registry():
-    assert get_backend("auto").name == "torch"
-    assert set(available_backends()) == {"reference", "torch"}
-    with pytest.raises(NotImplementedError, match="triton"):
-        get_backend("triton")
+    assert get_backend("auto").name == "auto"  # resolved per call; triton: tests/kernels
+    assert {"reference", "torch"} <= set(available_backends()) <= {"reference", "torch", "triton"}
     with pytest.raises(ValueError, match="unknown MoE backend"):
         get_backend("cuda_magic")

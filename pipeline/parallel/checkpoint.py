@@ -1,0 +1,152 @@
+"""Distributed checkpoints (torch.distributed.checkpoint) that reshard across layouts.
+
+A DCP checkpoint stores every tensor with its global shape and the offsets of the pieces each
+rank wrote, so it loads into any layout. Expert-parallel blocks are plain ``(E / P, ...)``
+parameters during training; :func:`as_global` presents them as views of the ``(E, ...)``
+tensors (DTensors sharing the parameters' storage), which is all DCP needs to save them once
+and to load them into another expert-parallel size, or into an ordinary unsharded model (a
+single process, evaluation). FSDP2 weights are DTensors already; replicated weights are saved
+once.
+
+:func:`export_checkpoint` turns such a checkpoint directory into the single-file
+``model.safetensors`` (+ ``model_config.json``) that evaluation and the HF export read:
+
+    python -m pipeline.parallel.checkpoint models/checkpoints/last.ckpt models
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.tensor import DTensor
+
+from pipeline.config import ModelConfig
+from pipeline.model import MoETransformer
+from pipeline.parallel.expert import ExpertShard
+
+METADATA_FILE = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor checkpoint part
+
+
+def sharded_keys(module: nn.Module) -> dict[str, ExpertShard]:
+    """State-dict keys (relative to ``module``) of the expert-parallel blocks."""
+    return {
+        f"{name}.{w}": m.expert_shard
+        for name, m in module.named_modules()
+        if getattr(m, "expert_shard", None) is not None
+        for w in ("w1", "w3", "w2")
+    }
+
+
+def as_global(state: dict[str, Any], shards: dict[str, ExpertShard]) -> dict[str, Any]:
+    """``state`` with each expert block (and any per-expert tensor under its key, such as an
+    optimizer's moments) shown as the global ``(E, ...)`` DTensor."""
+    out = {}
+    for key, value in state.items():
+        shard = shards.get(key)
+        if isinstance(value, dict):
+            inner = {k: _wrap(v, shard) for k, v in value.items()} if shard else value
+            out[key] = inner
+        else:
+            out[key] = _wrap(value, shard)
+    return out
+
+
+def _wrap(value: Any, shard: ExpertShard | None) -> Any:
+    if shard is None or not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    return shard.as_dtensor(value)
+
+
+def as_local(state: dict[str, Any], shards: dict[str, ExpertShard]) -> dict[str, Any]:
+    """Inverse of :func:`as_global` (FSDP2's own DTensors are left alone)."""
+    out = {}
+    for key, value in state.items():
+        if key not in shards:
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = {k: _unwrap(v) for k, v in value.items()}
+        else:
+            out[key] = _unwrap(value)
+    return out
+
+
+def _unwrap(value: Any) -> Any:
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
+def model_state(module: nn.Module) -> dict[str, Any]:
+    """``module.state_dict()`` in the global view, ready for ``dcp.save`` / ``dcp.load``."""
+    return as_global(module.state_dict(), sharded_keys(module))
+
+
+def save_model(module: nn.Module, directory: Path) -> None:
+    dcp.save({"state_dict": model_state(module)}, checkpoint_id=str(directory))
+
+
+def load_model(module: nn.Module, directory: Path) -> None:
+    """Load in place, whatever layout wrote the checkpoint (collective when distributed)."""
+    shards = sharded_keys(module)
+    state = {"state_dict": as_global(module.state_dict(), shards)}
+    dcp.load(state, checkpoint_id=str(directory))
+    module.load_state_dict(as_local(state["state_dict"], shards))
+
+
+def full_model(model: MoETransformer) -> MoETransformer:
+    """An ordinary unsharded copy of ``model`` on the CPU (collective: call on every rank)."""
+    state = {
+        key: value.full_tensor() if isinstance(value, DTensor) else value
+        for key, value in model_state(model).items()
+    }
+    full = MoETransformer(model.cfg, model.vocab_size)
+    full.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    return full
+
+
+def consolidate(directory: Path) -> dict[str, Any]:
+    """A DCP checkpoint directory as one in-memory torch.save-style dict (single process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        single = Path(tmp) / "checkpoint.pt"
+        dcp_to_torch_save(str(directory), str(single))
+        return torch.load(single, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(directory: Path, prefix: str = "model.") -> MoETransformer:
+    """The unsharded model of a Lightning DCP checkpoint (its identity comes from meta.pt)."""
+    from pipeline.train.checkpoint import CHECKPOINT_KEY
+
+    meta = torch.load(Path(directory) / METADATA_FILE, map_location="cpu", weights_only=True)
+    identity = meta[CHECKPOINT_KEY]["identity"]
+    model = MoETransformer(ModelConfig.model_validate(identity["model"]), identity["vocab_size"])
+    weights = consolidate(directory)["state_dict"]
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items()})
+    return model
+
+
+def export_checkpoint(directory: Path, models_dir: Path) -> None:
+    """Write ``models_dir/model.safetensors`` and ``model_config.json`` from a DCP checkpoint."""
+    from pipeline.train.checkpoint import export_weights, model_identity
+
+    model = model_from_checkpoint(directory)
+    identity = model_identity(model.cfg, model.vocab_size)
+    export_weights(
+        model, identity, models_dir / "model.safetensors", models_dir / "model_config.json"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=export_checkpoint.__doc__)
+    parser.add_argument("checkpoint", type=Path, help="a DCP checkpoint directory (*.ckpt/)")
+    parser.add_argument("models_dir", type=Path, help="where model.safetensors is written")
+    args = parser.parse_args()
+    export_checkpoint(args.checkpoint, args.models_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""DVC stage ``card``: the model card, which makes ``models/hf/`` a complete model repository.
+
+``python -m stages.card`` checks the export (:func:`~pipeline.export.hf_dir.verify_export`),
+reads the metrics, stats and run ids the earlier stages wrote plus ``dvc.lock``, copies the
+routing plots into ``models/hf/plots/`` and writes ``models/hf/README.md``
+(:mod:`evaluation.card`); both go to MLflow in a run of this stage.
+
+``dvc.lock`` is read but is not a declared dependency: DVC rewrites it after every stage, this
+one included, so declaring it would make the card permanently out of date. Its upstream entries
+are current when this stage runs, since DVC records each stage as it finishes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import shutil
+from pathlib import Path
+
+import yaml
+
+from evaluation.card import CardInputs, render_card
+from evaluation.load import read_model_config
+from pipeline.config import Params, load_params
+from pipeline.export.hf_dir import EXPORT_SUBDIR, verify_export
+from pipeline.io import atomic_path, read_json, write_text
+from pipeline.paths import Paths
+from pipeline.tracking import git_state, stage_run
+from pipeline.train.outputs import TrainFiles
+from stages.common import require, run_main
+
+log = logging.getLogger("stages.card")
+
+LOCKED_STAGES = ("prepare", "tokenize", "train", "export", "evaluate")
+PACKAGES = ("torch", "lightning", "transformers", "lm_eval", "huggingface_hub")
+
+
+def card_paths(paths: Paths) -> dict[str, Path]:
+    models = TrainFiles.from_paths(paths).models_dir
+    return {
+        "dir": models / EXPORT_SUBDIR,
+        "export_run": models / "export_run.json",
+        "run_file": models / "card_run.json",
+        "lock": paths.root / "dvc.lock",
+    }
+
+
+def upstream_runs(paths: Paths) -> dict[str, Path]:
+    files = TrainFiles.from_paths(paths)
+    return {
+        "prepare": require(paths.prepare_run, "prepare"),
+        "tokenize": require(paths.tokenize_run, "tokenize"),
+        "train": require(files.run_file, "train"),
+        "export": require(card_paths(paths)["export_run"], "export"),
+        "evaluate": require(paths.eval_run, "evaluate"),
+    }
+
+
+def read_lock(path: Path) -> dict[str, dict[str, str]]:
+    """``{stage: {out path: md5}}`` for the upstream stages (empty without a ``dvc.lock``)."""
+    if not path.is_file():
+        return {}
+    stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    return {
+        name: {out["path"]: out["md5"] for out in stages[name].get("outs", []) if "md5" in out}
+        for name in LOCKED_STAGES
+        if name in stages
+    }
+
+
+def environment(train_metrics: dict) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    peak = train_metrics.get("peak_flops_per_device")
+    source = train_metrics.get("peak_flops_source", "n/a")
+    versions["hardware"] = f"peak {peak:.3g} FLOP/s per device ({source})" if peak else "n/a"
+    return versions
+
+
+def copy_plots(paths: Paths, out_dir: Path) -> list[str]:
+    """The routing PNGs into ``out_dir/plots/``; returns their paths relative to ``out_dir``."""
+    target = out_dir / "plots"
+    shutil.rmtree(target, ignore_errors=True)  # plots of a model with more layers than this one
+    copied = []
+    for png in sorted(paths.eval_plots_dir.rglob("*.png")):
+        relative = png.relative_to(paths.eval_plots_dir)
+        with atomic_path(target / relative) as tmp:
+            shutil.copyfile(png, tmp)
+        copied.append(f"plots/{relative.as_posix()}")
+    return copied
+
+
+def run(params: Params, paths: Paths, runs: dict[str, str]) -> Path:
+    """Write ``README.md`` and the plots into the export directory; return the README path."""
+    where = card_paths(paths)
+    files = TrainFiles.from_paths(paths)
+    model, vocab_size = read_model_config(files.models_dir)
+    train_metrics = read_json(require(files.metrics_file, "train"))
+    inputs = CardInputs(
+        params=params,
+        model=model,
+        vocab_size=vocab_size,
+        hf_config=verify_export(where["dir"]),
+        eval_metrics=read_json(require(paths.eval_metrics, "evaluate")),
+        train_metrics=train_metrics,
+        prepare_stats=read_json(require(paths.prepare_stats, "prepare")),
+        tokenize_metrics=read_json(require(paths.tokenize_metrics, "tokenize")),
+        runs=runs,
+        lock=read_lock(where["lock"]),
+        git=git_state(),
+        environment=environment(train_metrics),
+        plots=copy_plots(paths, where["dir"]),
+    )
+    readme = where["dir"] / "README.md"
+    write_text(readme, render_card(inputs).content)
+    return readme
+
+
+def main() -> None:
+    params = load_params()
+    paths = Paths()
+    upstream = upstream_runs(paths)
+    runs = {stage: read_json(path)["run_id"] for stage, path in upstream.items()}
+    with stage_run("card", params, {}, upstream, card_paths(paths)["run_file"]) as tracked:
+        readme = run(params, paths, {**runs, "card": tracked.run_id})
+        tracked.log_artifact(readme, "model_card")
+        for png in sorted((readme.parent / "plots").rglob("*.png")):
+            folder = png.parent.relative_to(readme.parent).as_posix()
+            tracked.log_artifact(png, f"model_card/{folder}")
+    log.info("model card: %s", readme)
+
+
+if __name__ == "__main__":
+    run_main("card", main)

@@ -1,0 +1,74 @@
+"""DVC stage ``export``: the trained model as a Hugging Face ``transformers`` directory.
+
+``python -m stages.export`` reads ``models/model.safetensors`` + ``models/model_config.json``
+(the model as trained, whatever ``params.yaml`` says today) and ``data/tokenizer``, and writes
+``models/hf/`` (config, generation config, tokenizer, weights in ``card.export_dtype``); which
+architecture is chosen, and which configs are refused, is documented in
+:mod:`pipeline.export.architectures`. The ``card`` stage later adds ``README.md`` and the plots,
+which makes ``models/hf/`` a complete model repository.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from evaluation.load import load_model
+from pipeline.config import Params, load_params
+from pipeline.data.tokenizer import TOKENIZER_FILE
+from pipeline.export.hf_dir import EXPORT_SUBDIR, FILES, WEIGHTS, write_export
+from pipeline.io import sha256_file
+from pipeline.paths import Paths
+from pipeline.tracking import stage_run
+from pipeline.train.outputs import TrainFiles
+from stages.common import require, run_main
+
+log = logging.getLogger("stages.export")
+
+
+def export_dir(paths: Paths) -> Path:
+    return TrainFiles.from_paths(paths).models_dir / EXPORT_SUBDIR
+
+
+def run_file(paths: Paths) -> Path:
+    return TrainFiles.from_paths(paths).models_dir / "export_run.json"
+
+
+def run(params: Params, paths: Paths) -> dict[str, float]:
+    """Export; return the size of what was written."""
+    files = TrainFiles.from_paths(paths)
+    model = load_model(files.models_dir)
+    out = export_dir(paths)
+    write_export(model, paths.tokenizer_dir, out, params.card.export_dtype)
+    size = (out / WEIGHTS).stat().st_size
+    log.info("exported %s (%s, %.1f MB of weights)", out, params.card.export_dtype, size / 1e6)
+    return {
+        "export/weights_bytes": float(size),
+        "export/params": float(model.num_params()["total"]),
+    }
+
+
+def main() -> None:
+    params = load_params()
+    paths = Paths()
+    files = TrainFiles.from_paths(paths)
+    inputs = {
+        "model": sha256_file(require(files.weights, "train")),
+        "tokenizer": sha256_file(require(paths.tokenizer_dir / TOKENIZER_FILE, "tokenize")),
+    }
+    upstream = {
+        "train": require(files.run_file, "train"),
+        "tokenize": require(paths.tokenize_run, "tokenize"),
+    }
+    with stage_run("export", params, inputs, upstream, run_file(paths)) as tracked:
+        metrics = run(params, paths)
+        tracked.log_metrics(metrics)
+        out = export_dir(paths)
+        tracked.set_tags({f"output.{name}.sha256": sha256_file(out / name) for name in FILES})
+        for name in FILES:
+            if name != WEIGHTS:  # the weights are DVC's to store, not the tracking server's
+                tracked.log_artifact(out / name, "hf")
+
+
+if __name__ == "__main__":
+    run_main("export", main)
