@@ -26,6 +26,24 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+def _interpret_triton_without_cuda() -> None:
+    """Run Triton kernels under the interpreter when there is no CUDA device.
+
+    Triton reads ``TRITON_INTERPRET`` when a kernel is *defined*, and any test module (or an
+    import it triggers) may be the first to import :mod:`pipeline.kernels`, so it is set here,
+    before pytest imports a single test module. With CUDA present the compiled kernels run.
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_cuda()
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for one test (never the repository's mlflow.db)."""

@@ -75,6 +75,12 @@ def test_repro_and_an_experiment_reach_a_live_mlflow_server(
         )
         assert "model_card/README.md" in {f["path"] for f in listed["files"]}
 
+    params = repo.params()  # another task list re-runs the evaluation and the card, nothing else
+    params["evaluate"]["tasks"] = ["agreement"]
+    repo.set_params(params)
+    ran = {line.split("'")[1] for line in repo.dvc("repro").splitlines() if "Running stage" in line}
+    assert ran == {"evaluate", "card"}
+
 
 def tag(run: dict, key: str) -> str | None:
     return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)

@@ -1,9 +1,9 @@
 """Kernel tests: CPU runs under the Triton interpreter, ``gpu``-marked runs on CUDA.
 
-``TRITON_INTERPRET`` is read when a kernel is defined, so it is set here, at conftest import,
-before any test module imports :mod:`pipeline.kernels` submodules; only when no CUDA device is
-present, so that on a GPU machine the ``gpu`` tests run the compiled kernels (and the CPU
-parameters skip, since compiled kernels cannot take CPU tensors).
+``TRITON_INTERPRET`` is set by the root ``tests/conftest.py`` (only when no CUDA device is
+present), before any test module can import :mod:`pipeline.kernels`; on a GPU machine the
+``gpu`` tests run the compiled kernels and the CPU parameters skip, since compiled kernels
+cannot take CPU tensors.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
