@@ -16,7 +16,7 @@ import logging
 from lightning.pytorch.loggers import MLFlowLogger
 
 from pipeline.config import Params, load_params
-from pipeline.data.shards import read_header
+from pipeline.data.shards import read_header, unigram_entropy
 from pipeline.paths import Paths
 from pipeline.tracking import stage_run, tracking_uri
 from pipeline.train.outputs import TrainFiles, run_fingerprint, write_outputs
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, files: TrainFiles, mlflow_run_id: str | None = None) -> dict:
-    """Train; on global rank zero write the metrics and plot files. Returns the metrics.
+    """Train; on global rank zero write the metrics and plot files. Returns the metrics, with
+    the unigram entropy of the training tokens beside the losses for scale.
 
     With ``mlflow_run_id``, Lightning's MLFlowLogger logs the step metrics into that run (the
     tracking URI is passed explicitly: left alone it would fall back to a file store).
@@ -37,6 +38,7 @@ def run(params: Params, files: TrainFiles, mlflow_run_id: str | None = None) -> 
     )
     result = train(params, files, logger=logger)
     if result.is_global_zero:
+        result.metrics["unigram_entropy"] = unigram_entropy(files.train_tokens)
         write_outputs(files, result.metrics, result.history)
     return result.metrics
 

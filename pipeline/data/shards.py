@@ -135,3 +135,12 @@ def open_tokens(
     if verify_checksum and sha256_file(bin_path) != header.sha256:
         raise ShardError(f"{bin_path}: SHA-256 does not match its header (corrupted file)")
     return np.memmap(bin_path, dtype=DTYPES[header.dtype], mode="r"), header
+
+
+def unigram_entropy(bin_path: Path | str) -> float:
+    """Entropy in nats per token of the file's unigram distribution: the loss of the best model
+    that ignores context, the bar a language model's loss has to clear to have learned any."""
+    tokens, header = open_tokens(bin_path, verify_checksum=False)
+    counts = np.bincount(tokens, minlength=header.vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from pipeline.config import TokenizeConfig
-from pipeline.data.shards import ShardError, ShardWriter, open_tokens, read_header
+from pipeline.data.shards import ShardError, ShardWriter, open_tokens, read_header, unigram_entropy
 from pipeline.data.tokenizer import TOKENIZER_FILE, encode_split, save_tokenizer, train_tokenizer
 
 CFG = TokenizeConfig(vocab_size=400, batch_size=7)
@@ -142,3 +142,17 @@ def test_missing_header_and_failed_write_leave_nothing(tmp_path):
 def test_vocab_must_fit_dtype(tmp_path):
     with pytest.raises(ValueError, match="does not fit in uint16"):
         ShardWriter(tmp_path / "x.bin", "uint16", 70_000, 0)
+
+
+@pytest.mark.parametrize(
+    ("docs", "expected"),
+    [
+        ([[1, 2, 3]], np.log(4)),
+        ([[5, 5, 5, 5, 5, 5, 7]], -(6 / 8) * np.log(6 / 8) - 2 * (1 / 8) * np.log(1 / 8)),
+    ],
+    ids=["uniform", "skewed"],
+)
+def test_unigram_entropy_counts_every_token_including_end_of_text(tmp_path, docs, expected):
+    with ShardWriter(tmp_path / "u.bin", "uint16", 16, eot_id=0) as writer:
+        writer.write_documents(docs)  # each document is followed by the eot token 0
+    assert unigram_entropy(tmp_path / "u.bin") == pytest.approx(expected)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -42,6 +43,7 @@ def test_run_writes_metrics_plots_and_weights_and_logs_to_mlflow(
 
     assert json.loads(files.metrics_file.read_text()) == pytest.approx(metrics)
     assert metrics["steps"] == 6 and metrics["params_active"] <= metrics["params_total"]
+    assert metrics["val_loss"] < metrics["unigram_entropy"] < np.log(tiny.VOCAB)
     assert metrics["val_perplexity"] == pytest.approx(
         torch.tensor(metrics["val_loss"]).exp().item()
     )
