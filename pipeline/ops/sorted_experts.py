@@ -51,8 +51,10 @@ def _sort_assignments(ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Ten
 class _GroupedSwiGLU(torch.autograd.Function):
     """Gather → grouped SwiGLU → weighted scatter-add, with a hand-written backward.
 
-    Saved for backward: the gathered rows ``xs`` (S×D) and the stacked pre-activations ``[g | u]`` (S×2F); the
-    activation itself is recomputed (one elementwise pass) instead of stored.
+    Saved for backward: the gathered rows ``xs`` (S×D), the stacked pre-activations ``[g | u]``
+    (S×2F), ``silu(g)`` and the activation ``a = silu(g)·u`` (S×F each): keeping the last two
+    costs 2·S·F floats and saves the backward two elementwise passes (measured ~5 % of an E=8,
+    I=1024 layer's forward+backward on a CPU, where the GEMMs already run at the matmul peak).
     """
 
     @staticmethod
@@ -64,32 +66,31 @@ class _GroupedSwiGLU(torch.autograd.Function):
         ws_S1 = w_S.to(dt).unsqueeze(1)
         gu_S2F = grouped_mm(xs_SD, w13_E2FD.transpose(1, 2), offs_E)
         g_SF, u_SF = gu_S2F.chunk(2, dim=1)
-        h_SF = F.silu(g_SF).mul_(u_SF).mul_(ws_S1)
-        o_SD = grouped_mm(h_SF, w2.transpose(1, 2), offs_E)
+        silu_SF = F.silu(g_SF)
+        a_SF = silu_SF * u_SF  # the activation before the routing weight
+        o_SD = grouped_mm(a_SF * ws_S1, w2.transpose(1, 2), offs_E)
         y_TD = o_SD.new_zeros(x_TD.shape).index_add_(0, tok_S, o_SD)
-        ctx.save_for_backward(xs_SD, ws_S1, gu_S2F, tok_S, offs_E, w13_E2FD, w2)
+        ctx.save_for_backward(xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, tok_S, offs_E, w13_E2FD, w2)
         ctx.dtypes = (x_TD.dtype, w_S.dtype, w1_EFD.dtype, w3_EFD.dtype, w2_EDF.dtype)
         ctx.num_tokens = x_TD.shape[0]
         return y_TD.to(x_TD.dtype)
 
     @staticmethod
     def backward(ctx, dy_TD):
-        xs_SD, ws_S1, gu_S2F, tok_S, offs_E, w13_E2FD, w2 = ctx.saved_tensors
+        xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, tok_S, offs_E, w13_E2FD, w2 = ctx.saved_tensors
         dx_dtype, dw_dtype, dw1_dtype, dw3_dtype, dw2_dtype = ctx.dtypes
         need_x, need_w, _, _, need_w1, need_w3, need_w2 = ctx.needs_input_grad
         g_SF, u_SF = gu_S2F.chunk(2, dim=1)
         # index_select also makes a stride-0 incoming gradient contiguous (grouped_mm needs that).
         do_SD = dy_TD.to(xs_SD.dtype).index_select(0, tok_S)
-        silu_SF = F.silu(g_SF)
-        a_SF = silu_SF * u_SF  # activation before the routing weight
         dh_SF = grouped_mm(do_SD, w2, offs_E)  # d(a·w)
         dws_S = (dh_SF * a_SF).sum(1) if need_w else None
-        dw2 = grouped_mm(do_SD.t(), a_SF.mul_(ws_S1), offs_E) if need_w2 else None
+        dw2 = grouped_mm(do_SD.t(), a_SF * ws_S1, offs_E) if need_w2 else None
         da_SF = dh_SF.mul_(ws_S1)
         dgu_S2F = torch.empty_like(gu_S2F)  # [dg | du], the gradient of both projections
         dg_SF, du_SF = dgu_S2F.chunk(2, dim=1)
         torch.mul(da_SF, silu_SF, out=du_SF)
-        dg_SF.copy_(torch.ops.aten.silu_backward(da_SF.mul_(u_SF), g_SF))
+        torch.ops.aten.silu_backward.grad_input(da_SF.mul_(u_SF), g_SF, grad_input=dg_SF)
         dx_TD = None
         if need_x:
             dxs_SD = grouped_mm(dgu_S2F, w13_E2FD, offs_E)
