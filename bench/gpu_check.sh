@@ -30,4 +30,7 @@ echo "|---|---|"
 echo "| pytest -m gpu tests/kernels | rc $TESTS_RC: $(grep -E '(passed|failed|error)' "$LOG/tests.txt" | tail -n 1) |"
 echo "| bench/moe_kernels.py | rc $BENCH_RC |"
 grep -E '^\| triton' "$LOG/bench.txt" || true
+echo
+echo "router and transformers rows, large shape:"
+grep -E '^large .*(router|hf-grouped_mm)' "$LOG/bench.txt" || true
 [ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ]

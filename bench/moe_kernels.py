@@ -5,6 +5,12 @@ data-movement kernels), achieved TFLOP/s or GB/s, their fraction of the peaks me
 same run (a large matmul, a large copy), and peak memory; then a summary of the issue's targets
 on the largest shape (triton ≥ 1.3× torch, ≥ 50 % of the matmul peak).
 
+Rows: the expert layer (routed SwiGLU experts on fixed routing) of each backend and, when
+transformers is installed, of its ``MixtralSparseMoeBlock`` experts with
+``experts_implementation="grouped_mm"`` on the same weights (its output is checked against the
+``torch`` backend's first); the triton data-movement kernels; the router forward+backward
+(logits → top-k weights and probabilities) fused in Triton and in PyTorch.
+
     python bench/moe_kernels.py                 # CUDA: the MoE issue's shapes + a large one
     python bench/moe_kernels.py --quick         # CPU: tiny shapes, triton under the interpreter
 
@@ -15,6 +21,7 @@ that the path runs, not its speed. Timings on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -130,6 +137,67 @@ def kernel_steps(s: Shape, p: dict) -> dict[str, tuple[Callable[[], object], flo
     }
 
 
+def hf_grouped_mm_step(s: Shape, p: dict) -> Callable[[], None]:
+    """transformers' Mixtral experts (``gate_up_proj (E, 2I, H) = [w1; w3]``, ``down_proj = w2``)
+    with the grouped_mm implementation, on ``p``'s weights and routing; its output is checked
+    against the ``torch`` backend's first."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    from pipeline.ops import get_backend
+
+    cfg = MixtralConfig(hidden_size=s.hidden, intermediate_size=s.expert_hidden,
+                        num_local_experts=s.experts, num_experts_per_tok=s.top_k,
+                        experts_implementation="grouped_mm")  # fmt: skip
+    x = p["x"].detach().requires_grad_()
+    with torch.device(x.device):  # built in place: the large shape's experts hold 1.5 G values
+        experts = MixtralSparseMoeBlock(cfg).experts.to(x.dtype)
+    with torch.no_grad():
+        experts.gate_up_proj.copy_(torch.cat([p["w1"], p["w3"]], dim=1))
+        experts.down_proj.copy_(p["w2"])
+    weights = p["weights"].detach().to(x.dtype).requires_grad_()
+    with torch.no_grad():
+        y = experts(x, p["ids"], weights).float()
+        ours = get_backend("torch")(*(p[n] for n in ("x", "weights", "ids", "w1", "w3", "w2")))
+        err = ((y - ours.float()).norm() / ours.float().norm()).item()
+    if err > 2e-2:
+        raise AssertionError(f"transformers grouped_mm experts differ from ours: {err:.2e}")
+    grad = torch.randn_like(x)
+    leaves = [x, weights, experts.gate_up_proj, experts.down_proj]
+
+    def step() -> None:
+        torch.autograd.grad(experts(x, p["ids"], weights), leaves, grad)
+
+    return step
+
+
+def router_steps(s: Shape, device: torch.device) -> dict[str, tuple[Callable[[], object], float]]:
+    """Router forward+backward on fp32 logits, fused and PyTorch: name -> (call, bytes moved).
+
+    Bytes: the fused kernels' minimum traffic: forward reads the logits and writes the
+    probabilities and the k weights and ids; backward reads logits, ids, both gradients and
+    writes the logits' gradient."""
+    from pipeline.model.router import _softmax_topk
+    from pipeline.ops.triton_router import fused_route
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(s.tokens, s.experts, generator=g).to(device).requires_grad_()
+    d_w = torch.randn(s.tokens, s.top_k, generator=g).to(device)
+    d_p = torch.randn(s.tokens, s.experts, generator=g).to(device)
+    te, tk = s.tokens * s.experts * 4, s.tokens * s.top_k
+    moved = 2 * te + tk * 12 + 3 * te + tk * 12
+
+    def fused() -> None:
+        w, _, probs, *_ = fused_route(logits, s.top_k, "softmax", True, None)
+        torch.autograd.grad([w, probs], logits, [d_w, d_p])
+
+    def plain() -> None:
+        r = _softmax_topk(logits, s.top_k, True)
+        torch.autograd.grad([r.weights_TK, r.probs_TE], logits, [d_w, d_p])
+
+    return {"router fused": (fused, moved), "router pytorch": (plain, moved)}
+
+
 def peak_memory(device: torch.device) -> str:
     if device.type != "cuda":
         return "n/a"
@@ -143,23 +211,27 @@ def run(args: argparse.Namespace) -> list[dict]:
           f"copy {bw_peak / 1e9:.1f} GB/s")  # fmt: skip
     rows = []
     for s in QUICK if args.quick else FULL:
+        first = len(rows)
         p = layer_inputs(s, device, dtype)
         backends = ["torch", "triton"] + (["reference"] if s.name != "large" else [])
-        for backend in backends:
+        steps = {backend: layer_step(backend, p) for backend in backends}
+        if importlib.util.find_spec("transformers") is not None:
+            steps["hf-grouped_mm"] = hf_grouped_mm_step(s, p)
+        for backend, step in steps.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            sec = timed(layer_step(backend, p), device, args.iters)
+            sec = timed(step, device, args.iters)
             tflops = s.layer_flops() / sec / 1e12
             rows.append({"shape": s.name, "what": f"layer fwd+bwd {backend}", "ms": sec * 1e3,
                          "rate": f"{tflops:.2f} TFLOP/s", "of_peak": tflops * 1e12 / flops_peak,
                          "mem": peak_memory(device), "tflops": tflops, "backend": backend})  # fmt: skip
-        for name, (call, moved) in kernel_steps(s, p).items():
+        for name, (call, moved) in {**kernel_steps(s, p), **router_steps(s, device)}.items():
             sec = timed(call, device, args.iters)
             rows.append({"shape": s.name, "what": f"kernel {name}", "ms": sec * 1e3,
                          "rate": f"{moved / sec / 1e9:.1f} GB/s", "of_peak": moved / sec / bw_peak,
                          "mem": peak_memory(device)})  # fmt: skip
-        for r in rows[-len(backends) - 3 :]:
-            print(f"{r['shape']:<16} {r['what']:<26} {r['ms']:>10.2f} ms {r['rate']:>16} "
+        for r in rows[first:]:
+            print(f"{r['shape']:<16} {r['what']:<28} {r['ms']:>10.2f} ms {r['rate']:>16} "
                   f"{100 * r['of_peak']:>6.1f}% of peak  mem {r['mem']}")  # fmt: skip
     return rows
 
@@ -178,6 +250,9 @@ def summary(rows: list[dict]) -> None:
     print(
         f"| triton ≥ 50 % of matmul peak | {100 * frac:.1f} % | {'yes' if frac >= 0.5 else 'NO'} |"
     )
+    if "hf-grouped_mm" in by:
+        vs_hf = by["hf-grouped_mm"]["ms"] / by["triton"]["ms"]
+        print(f"| triton vs transformers grouped_mm (no target) | {vs_hf:.2f}× | - |")
 
 
 def main() -> None:

@@ -16,6 +16,12 @@ small logit differences, and the z-loss squares the logsumexp.
   a warning logged once), so a trained model can still be evaluated and generate text; eval
   routing then differs from training routing, which the evaluation should keep in mind.
 
+Fused path. ``softmax_topk`` and ``sigmoid_bias`` route through the fused Triton kernel
+(:mod:`pipeline.ops.triton_router`: scores, bias, top-k and renormalisation in one launch, its
+own backward) when the MoE backend is ``triton``, or ``auto`` and the logits are on a CUDA
+device with triton installed; otherwise through the PyTorch code below, which stays the default
+and the kernel's test oracle. Both give the same :class:`Routing`.
+
 Legend: T tokens, K slots per token, E experts, D model dim.
 """
 
@@ -32,6 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import MoEConfig
+from pipeline.model.losses import expert_counts
+from pipeline.ops import triton_available
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,23 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
+@functools.cache
+def _announce_fused(router: str, backend: str) -> None:
+    when = "always" if backend == "triton" else "on CUDA tensors (PyTorch otherwise)"
+    log.info("%s router: fused Triton routing kernel %s (backend %r)", router, when, backend)
+
+
+def _fused_route(logits_TE: torch.Tensor, k: int, score: str, renormalize: bool,
+                 bias_E: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """``(weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum)`` from the fused kernel.
+
+    Imported on first call, not at module import: Triton reads ``TRITON_INTERPRET`` when its
+    kernels are defined (see :mod:`pipeline.ops`)."""
+    from pipeline.ops.triton_router import fused_route
+
+    return fused_route(logits_TE, k, score, renormalize, bias_E)
+
+
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, factor: float) -> int:
     """Slots per expert: ``ceil(factor · tokens · k / experts)``."""
     return math.ceil(factor * num_tokens * top_k / num_experts)
@@ -71,6 +96,7 @@ class Router(nn.Module):
         self.top_k = cfg.top_k
         self.renormalize = cfg.renormalize
         self.weight = nn.Parameter(torch.empty(cfg.num_experts, d_model))
+        self.backend = cfg.backend
 
     def forward(self, x_TD: torch.Tensor) -> Routing:
         with torch.autocast(x_TD.device.type, enabled=False):
@@ -80,12 +106,32 @@ class Router(nn.Module):
     def route(self, logits_TE: torch.Tensor) -> Routing:
         raise NotImplementedError
 
+    def fused(self, logits_TE: torch.Tensor) -> bool:
+        """Whether this call takes the fused Triton kernel (see the module docstring)."""
+        if self.backend == "triton":
+            return True
+        return self.backend == "auto" and logits_TE.is_cuda and triton_available()
+
+    def _announce(self) -> None:
+        """Say once, at construction, which routing path the backend selects."""
+        if self.backend in ("triton", "auto") and triton_available():
+            _announce_fused(type(self).__name__, self.backend)
+
     def update_bias(self) -> None:
         """Called after each optimizer step; only the aux-loss-free router has state to update."""
 
 
 class SoftmaxTopKRouter(Router):
+    def __init__(self, d_model: int, cfg: MoEConfig):
+        super().__init__(d_model, cfg)
+        self._announce()
+
     def route(self, logits_TE: torch.Tensor) -> Routing:
+        if self.fused(logits_TE):
+            weights_TK, ids_TK, probs_TE, *_ = _fused_route(
+                logits_TE, self.top_k, "softmax", self.renormalize
+            )
+            return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
         return _softmax_topk(logits_TE, self.top_k, self.renormalize)
 
 
@@ -111,21 +157,28 @@ class SigmoidBiasRouter(Router):
         self.bias_update_rate = cfg.bias_update_rate
         self.register_buffer("expert_bias", torch.zeros(cfg.num_experts))
         self._load_E: torch.Tensor | None = None
+        self._announce()
 
     def route(self, logits_TE: torch.Tensor) -> Routing:
+        if self.fused(logits_TE):
+            weights_TK, ids_TK, probs_TE, counts_E, *_ = _fused_route(
+                logits_TE, self.top_k, "sigmoid", self.renormalize, self.expert_bias.float()
+            )
+            if self.training:
+                self._add_load(counts_E.float())
+            return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
         scores_TE = logits_TE.sigmoid()
         ids_TK = (scores_TE.detach() + self.expert_bias).topk(self.top_k, dim=-1).indices
         weights_TK = scores_TE.gather(1, ids_TK)
         if self.renormalize:
             weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
         if self.training:
-            self._count_load(ids_TK)
+            self._add_load(expert_counts(ids_TK, self.num_experts))
         probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
         return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
 
     @torch.no_grad()
-    def _count_load(self, ids_TK: torch.Tensor) -> None:
-        load_E = torch.bincount(ids_TK.reshape(-1), minlength=self.num_experts).float()
+    def _add_load(self, load_E: torch.Tensor) -> None:
         self._load_E = load_E if self._load_E is None else self._load_E + load_E
 
     @torch.no_grad()
