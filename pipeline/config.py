@@ -184,7 +184,7 @@ class ParallelConfig(Section):
 
     The world is a ``data_parallel × expert_parallel`` device mesh. Every rank reads its own
     slice of the global batch; the dense weights are replicated over the whole world (or sharded
-    by FSDP2), and each MoE layer's experts are split into ``expert_parallel`` contiguous groups,
+    over it by FSDP2), and each MoE layer's experts are split into ``expert_parallel`` contiguous groups,
     one per rank of an expert-parallel group, with tokens sent to them by all-to-all.
     """
 
@@ -193,7 +193,7 @@ class ParallelConfig(Section):
     )
     expert_parallel: int = Field(1, ge=1, description="ranks sharing one copy of the experts")
     sharding: Literal["none", "fsdp2"] = Field(
-        "none", description="fsdp2: fully_shard the weights over all data-parallel ranks"
+        "none", description="fsdp2: fully_shard the dense weights over all ranks"
     )
     activation_checkpointing: bool = Field(
         False, description="recompute each block in the backward instead of storing activations"
@@ -261,12 +261,6 @@ def check_parallel_layout(cfg: TrainConfig, world: int | None = None) -> tuple[i
         raise ValueError(
             f"train.parallel (expert_parallel = {par.expert_parallel}, sharding = "
             f"{par.sharding!r}) needs train.strategy: model_parallel, got {cfg.strategy!r}"
-        )
-    if par.sharding == "fsdp2" and par.expert_parallel > 1:
-        raise ValueError(
-            "train.parallel.sharding = 'fsdp2' with expert_parallel > 1 is not supported yet "
-            "(the FSDP2 and expert meshes differ, and gradient-norm code assumes one mesh); "
-            "use sharding: none with expert parallelism, or expert_parallel: 1 with fsdp2"
         )
     world = world or cfg.world_size()
     if world is None:

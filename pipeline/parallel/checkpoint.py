@@ -11,12 +11,18 @@ once.
 :func:`export_checkpoint` turns such a checkpoint directory into the single-file
 ``model.safetensors`` (+ ``model_config.json``) that evaluation and the HF export read:
 
-    python -m pipeline.parallel.checkpoint models/checkpoints/last.ckpt models
+    python -m pipeline.parallel.checkpoint models/checkpoints/<run>/last.ckpt models
+
+A checkpoint directory is published atomically (:func:`publish`): the ranks write into a
+staging directory beside the target, which is renamed into place once complete, so a killed
+save never leaves a partial ``last.ckpt/`` under the final name.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -96,6 +102,51 @@ def load_model(module: nn.Module, directory: Path) -> None:
     state = {"state_dict": as_global(module.state_dict(), shards)}
     dcp.load(state, checkpoint_id=str(directory))
     module.load_state_dict(as_local(state["state_dict"], shards))
+
+
+def staging_dir(target: Path) -> Path:
+    """Where the ranks write the checkpoint that will become ``target`` (same filesystem)."""
+    return target.with_name(f".{target.name}.partial")
+
+
+def previous_dir(target: Path) -> Path:
+    """Where :func:`publish` keeps the previous ``target`` during its second rename."""
+    return target.with_name(f".{target.name}.previous")
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Move the complete checkpoint ``staging`` onto ``target`` (one process, once every rank
+    has written). A directory cannot be renamed over a non-empty one, so the previous checkpoint
+    is renamed aside first and deleted last: at any moment ``target`` is absent or complete,
+    and if a kill falls between the two renames :func:`existing_checkpoint` finds the previous
+    one aside."""
+    previous = previous_dir(target)
+    remove(previous)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(staging, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the renames survive a power cut, not only a killed process
+    finally:
+        os.close(directory)
+    remove(previous)
+
+
+def existing_checkpoint(target: Path) -> Path | None:
+    """``target`` if it exists, else the previous checkpoint a kill left aside, else None.
+    Reads only: every rank of a starting job may call it at once."""
+    for path in (target, previous_dir(target)):
+        if path.exists():
+            return path
+    return None
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def full_model(model: MoETransformer) -> MoETransformer:

@@ -4,16 +4,20 @@ Layout (see :class:`pipeline.config.ParallelConfig`): every rank trains on its o
 global batch. With ``sharding: none`` the dense weights are plain replicas and
 :func:`all_reduce_gradients` averages their gradients over the world once per optimizer step
 (what DDP would do; DDP itself cannot wrap a model whose experts differ between ranks). With
-``sharding: fsdp2`` FSDP2's ``fully_shard`` owns every weight and its gradient reduction.
+``sharding: fsdp2`` FSDP2's ``fully_shard`` owns every dense weight, sharded over the whole
+world (the flattened ``data_parallel × expert_parallel`` mesh), and its reduce-scatter averages
+their gradients over the world: sharding over the data-parallel dimension alone would average
+only over the ranks of one expert-parallel position and miss the other positions' batches.
+Expert blocks are left out of FSDP2 (they are sharded already) and reduced here.
 
 Expert gradients. On rank r the backward all-to-all already sums, into r's local experts, the
 gradients of the losses of every rank of r's expert-parallel group. The objective is the mean
 of the W ranks' losses, so the expert gradient is that sum, summed again over the
 data-parallel replicas of the same experts, divided by W.
 
-Gradient clipping must see one global norm on every rank: dense gradients are identical across
-ranks after the reduction, each expert block lives on one rank of an expert-parallel group, so
-the squared norm is the dense part plus the expert part summed over that group.
+Gradient norm (logged, and clipped by): :func:`grad_norm` sums each gradient's squares over the
+ranks holding the other pieces of it and never over its replicas, so every rank gets the norm
+of the whole gradient whatever the layout.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from pipeline.config import ParallelConfig
 from pipeline.model import MoETransformer
 from pipeline.parallel.expert import DP_DIM, EP_DIM, ExpertShard
+
+WORLD_DIM = "world"  # the flattened (data_parallel, expert_parallel) mesh FSDP2 shards over
 
 
 def parallelize(model: MoETransformer, cfg: ParallelConfig, mesh: DeviceMesh | None) -> None:
@@ -43,9 +50,17 @@ def parallelize(model: MoETransformer, cfg: ParallelConfig, mesh: DeviceMesh | N
         for block in model.blocks:
             checkpoint(block)
     if mesh is not None and cfg.sharding == "fsdp2":
-        for block in model.blocks:
-            fully_shard(block, mesh=mesh[DP_DIM])
-        fully_shard(model, mesh=mesh[DP_DIM])
+        shard_dense(model, mesh)
+
+
+def shard_dense(model: MoETransformer, mesh: DeviceMesh) -> None:
+    """FSDP2 ``fully_shard`` per block and at the root over the flattened world mesh, expert
+    blocks excluded (see the module docstring)."""
+    world_mesh = mesh._flatten(WORLD_DIM)
+    experts = set(expert_parameters(model))
+    for block in model.blocks:
+        fully_shard(block, mesh=world_mesh, ignored_params=experts)
+    fully_shard(model, mesh=world_mesh, ignored_params=experts)
 
 
 def shard_experts(model: MoETransformer, mesh: DeviceMesh) -> None:
@@ -70,19 +85,23 @@ def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def all_reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Average the step's gradients over the world (see the module docstring); one collective
-    per kind of parameter. A parameter without a gradient counts as zero (an expert that got
-    no token), so every rank reduces the same buffers."""
+    """Average the step's gradients over the world (see the module docstring) for every
+    parameter FSDP2 does not own; one collective per kind of parameter. A parameter without a
+    gradient counts as zero (an expert that got no token), so every rank reduces the same
+    buffers."""
     experts = expert_parameters(model)
     expert_ids = {id(p) for p in experts}
-    dense = [p for p in model.parameters() if id(p) not in expert_ids]
+    dense = [
+        p for p in model.parameters() if id(p) not in expert_ids and not isinstance(p, DTensor)
+    ]
     world = dist.get_world_size()
     _reduce(dense, None, world)
-    if experts:
-        _reduce(experts, mesh.get_group(DP_DIM), world)
+    _reduce(experts, mesh.get_group(DP_DIM), world)
 
 
 def _reduce(params: list[nn.Parameter], group, divisor: int) -> None:
+    if not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = _flatten_dense_tensors(grads)
     dist.all_reduce(flat, group=group)
@@ -91,20 +110,57 @@ def _reduce(params: list[nn.Parameter], group, divisor: int) -> None:
         p.grad = g
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float, mesh: DeviceMesh) -> torch.Tensor:
-    """Clip by the global norm of the reduced gradients; returns that norm."""
-    experts = expert_parameters(model)
-    expert_ids = {id(p) for p in experts}
-    params = [p for p in model.parameters() if p.grad is not None]
-    dense_sq, expert_sq = (torch.zeros((), dtype=torch.float64) for _ in range(2))
-    for p in params:
-        square = p.grad.double().square().sum().cpu()
-        if id(p) in expert_ids:
-            expert_sq += square
-        else:
-            dense_sq += square
-    expert_sq = expert_sq.to(params[0].device)
-    dist.all_reduce(expert_sq, group=mesh.get_group(EP_DIM))
-    norm = (dense_sq.to(expert_sq.device) + expert_sq).sqrt().float()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+def grad_norm(model: nn.Module) -> torch.Tensor:
+    """The 2-norm of all of ``model``'s gradients as one vector, identical on every rank, on
+    any layout (no collective in a single process). Parameters are grouped by the process
+    groups over which their pieces differ: a DTensor's sharded mesh dimensions,
+    an expert block's expert-parallel group, none for a replica. Every rank walks the same
+    parameters in the same order, so the collectives match."""
+    shards = {
+        id(getattr(m, name)): m.expert_shard
+        for m in model.modules()
+        if getattr(m, "expert_shard", None) is not None
+        for name in ("w1", "w3", "w2")
+    }
+    squares: dict[tuple, torch.Tensor] = {}
+    for p in model.parameters():
+        groups, local = _pieces(p, shards.get(id(p)))
+        square = local.detach().double().square().sum() if local is not None else 0.0
+        squares[groups] = squares.get(groups, 0.0) + square
+    total = None
+    for groups, square in squares.items():
+        square = torch.as_tensor(square, dtype=torch.float64, device=_device(model))
+        for group in groups:
+            dist.all_reduce(square, group=group)
+        total = square if total is None else total + square
+    return total.sqrt().float()
+
+
+def _pieces(p: nn.Parameter, shard: ExpertShard | None):
+    """The process groups that hold the other pieces of ``p``'s gradient, and this rank's
+    piece (None without a gradient)."""
+    grad = p.grad
+    if isinstance(p, DTensor):
+        groups = tuple(
+            p.device_mesh.get_group(dim)
+            for dim, placement in enumerate(p.placements)
+            if not placement.is_replicate()
+        )
+        return groups, grad.to_local() if grad is not None else None
+    return ((shard.group,) if shard is not None else ()), grad
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that their global norm is at most ``max_norm`` (the rule of
+    ``torch.nn.utils.clip_grad_norm_``, without a host sync); returns the norm before."""
+    norm = grad_norm(model)
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in model.parameters():
+        if p.grad is not None:
+            local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            local.mul_(coef.to(local.dtype))
     return norm

@@ -4,8 +4,9 @@ Lightning builds the device mesh (``(data_parallel, tensor_parallel)``; its seco
 carries expert parallelism here), initialises the process group (NCCL on GPUs, gloo on CPUs)
 under its own launcher, ``torchrun`` or SLURM, calls ``configure_model`` and saves
 checkpoints as DCP directories. This subclass resolves ``data_parallel: auto`` against the real
-world size and saves/loads the expert blocks in their global view
-(:mod:`pipeline.parallel.checkpoint`), so a checkpoint reloads under another layout.
+world size, saves/loads the expert blocks in their global view
+(:mod:`pipeline.parallel.checkpoint`), so a checkpoint reloads under another layout, and
+publishes each checkpoint directory atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pipeline.config import ConfigError, TrainConfig, check_parallel_layout
-from pipeline.parallel.checkpoint import METADATA_FILE, as_global, as_local, sharded_keys
+from pipeline.parallel.checkpoint import (
+    METADATA_FILE,
+    as_global,
+    as_local,
+    publish,
+    remove,
+    sharded_keys,
+    staging_dir,
+)
 
 
 class MeshStrategy(ModelParallelStrategy):
@@ -43,6 +52,20 @@ class MeshStrategy(ModelParallelStrategy):
         except ValueError as exc:
             raise ConfigError(f"params.yaml: {exc}") from None
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """Every rank writes its shards into the staging directory; rank zero renames it onto
+        ``filepath`` once all have finished (a shared filesystem, as DCP requires anyway)."""
+        target = Path(self.broadcast(filepath))
+        staging = staging_dir(target)
+        if self.is_global_zero:
+            remove(staging)  # what a killed save left
+        self.barrier("checkpoint-staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("checkpoint-written")
+        if self.is_global_zero:
+            publish(staging, target)
+        self.barrier("checkpoint-published")
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         module = self.lightning_module

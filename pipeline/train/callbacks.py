@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
 
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
+from pipeline.parallel.setup import grad_norm
 from pipeline.train.metrics import load_balance, measure_peak_flops, mfu, slow_cpu_bf16
 
 log = logging.getLogger(__name__)
@@ -258,12 +259,12 @@ class TrainMonitor(Callback):
 
     # ------------------------------------------------------------------ training steps
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
-        """Runs before gradient clipping, so the norm logged is the raw one."""
+        """Runs before gradient clipping, so the norm logged is the raw one: the norm of the
+        whole gradient, however the layout shards it (a collective, on every rank)."""
         step = trainer.global_step + 1
         self._lr = optimizer.param_groups[0]["lr"]
         if self.schedule.is_log(step):
-            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-            self._grad_norm = torch.nn.utils.get_total_norm(grads).item()
+            self._grad_norm = grad_norm(pl_module).item()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int

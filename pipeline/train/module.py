@@ -13,11 +13,11 @@ each micro-batch's own expert fractions (``pipeline/model/losses.py``; measured 
 ``tests/train/test_invariance.py``).
 
 Parallel layouts (``train.parallel``, :mod:`pipeline.parallel`): ``configure_model`` shards the
-experts and applies FSDP2 / activation checkpointing on the strategy's device mesh; without
-FSDP2, this module reduces the gradients itself once per optimizer step and, with expert
-parallelism, clips by the norm of the whole (sharded) gradient. The router statistics of any
-multi-process run are aggregated over the world, so the Switch loss and the logged load are
-those of the global micro-batch whatever the layout.
+experts and applies FSDP2 / activation checkpointing on the strategy's device mesh; this module
+reduces the gradients FSDP2 does not own (all without FSDP2, the expert blocks with it) once
+per optimizer step, and clips by the norm of the whole (sharded) gradient. The router
+statistics of any multi-process run are aggregated over the world, so the Switch loss and the
+logged load are those of the global micro-batch whatever the layout.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from pipeline.config import TrainConfig
 from pipeline.model import MoETransformer
-from pipeline.parallel.expert import EP_DIM
 from pipeline.parallel.setup import all_reduce_gradients, clip_grad_norm, parallelize
 from pipeline.train.checkpoint import (
     CHECKPOINT_KEY,
@@ -67,23 +66,18 @@ class MoELanguageModel(L.LightningModule):
             parallelize(self.model, self.cfg.parallel, self.device_mesh)
             self._parallelized = True
 
-    @property
-    def _reduces_gradients(self) -> bool:
-        """Model-parallel strategy without FSDP2: nobody else averages the gradients."""
-        return self.device_mesh is not None and self.cfg.parallel.sharding == "none"
-
     def on_after_backward(self) -> None:
-        if self._reduces_gradients and self._last_micro_batch:
+        """Model-parallel strategy: nobody else averages the gradients FSDP2 does not own."""
+        if self.device_mesh is not None and self._last_micro_batch:
             all_reduce_gradients(self.model, self.device_mesh)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ):
-        if self.device_mesh is not None and self.device_mesh[EP_DIM].size() > 1:
-            if gradient_clip_val:
-                clip_grad_norm(self.model, gradient_clip_val, self.device_mesh)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if self.device_mesh is None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_val:
+            clip_grad_norm(self.model, gradient_clip_val)
 
     @property
     def identity(self) -> dict[str, Any]:

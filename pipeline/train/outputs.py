@@ -82,19 +82,34 @@ class TrainFiles:
         return self.models_dir / "run.json"
 
 
+# ``train`` keys that do not change what is trained: where it runs (devices, strategy, parallel
+# layout: checkpoints reshard, so a run may resume on another layout) and how it is observed.
+NOT_IN_FINGERPRINT = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "parallel",
+    "resume",
+    "log_every",
+    "val_every",
+    "val_batches",
+    "checkpoint_every",
+    "peak_flops",
+)
+
+
 def run_fingerprint(params: Params, train_tokens_sha256: str) -> str:
-    """Identifies one training run: the seed, the whole ``train`` section and the training data.
+    """Identifies one training run: the seed, the ``train`` section (less
+    :data:`NOT_IN_FINGERPRINT`) and the training data.
 
     ``dvc repro`` keeps ``models/checkpoints`` between runs (``persist: true``) so that a killed
     run resumes; keying the checkpoints by this fingerprint lets only the same run resume, while
     a variant (``dvc exp run -S train....``, new data) starts afresh instead of picking up, or
     being refused, another run's state.
     """
-    identity = {
-        "seed": params.seed,
-        "train": params.train.model_dump(mode="json"),
-        "train_tokens": train_tokens_sha256,
-    }
+    train = params.train.model_dump(mode="json", exclude=set(NOT_IN_FINGERPRINT))
+    identity = {"seed": params.seed, "train": train, "train_tokens": train_tokens_sha256}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"run-{digest[:12]}"
 

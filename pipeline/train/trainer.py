@@ -27,7 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from pipeline.config import ConfigError, Params, TrainConfig
 from pipeline.data.shards import read_header
-from pipeline.parallel.checkpoint import full_model
+from pipeline.parallel.checkpoint import existing_checkpoint, full_model
 from pipeline.parallel.strategy import MeshStrategy
 from pipeline.train.callbacks import (
     LastCheckpoint,
@@ -116,10 +116,12 @@ def build_trainer(
 
 
 def resume_path(cfg: TrainConfig, files: TrainFiles) -> Path | None:
-    if cfg.resume == "auto" and files.last_checkpoint.exists():  # a DCP checkpoint is a folder
-        log.info("resuming from %s", files.last_checkpoint)
-        return files.last_checkpoint
-    return None
+    """``last.ckpt`` (a file, or a DCP folder), or the previous DCP folder when a kill fell
+    inside its atomic replacement (:func:`pipeline.parallel.checkpoint.publish`)."""
+    path = existing_checkpoint(files.last_checkpoint) if cfg.resume == "auto" else None
+    if path is not None:
+        log.info("resuming from %s", path)
+    return path
 
 
 def train(

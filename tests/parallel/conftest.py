@@ -1,4 +1,5 @@
-"""The tiny training set-up of tests/train, shared here (loaded by path)."""
+"""The tiny training set-up of tests/train and the process launcher, shared here (loaded by
+path: the tests directory is not a package)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "parallel_tiny", Path(__file__).parents[1] / "train" / "tiny.py"
-)
-_TINY = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_TINY)
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TINY = _load("parallel_tiny", Path(__file__).parents[1] / "train" / "tiny.py")
+_LAUNCH = _load("parallel_launch", Path(__file__).parent / "launch.py")
 
 
 @pytest.fixture(scope="session")
 def tiny():
     return _TINY
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    return _LAUNCH

@@ -3,7 +3,8 @@ reference on the whole global batch (same seed, same initial weights), so each c
 
     python tests/parallel/ep_worker.py SCENARIO DP EP [OUT_DIR]
 
-Scenarios: ``train`` (the transformer, several AdamW steps), ``no_token`` (rank 1's experts get
+Scenarios: ``train`` (the transformer, several clipped AdamW steps), ``train_fsdp2`` (the same
+with FSDP2 sharding the dense weights), ``no_token`` (rank 1's experts get
 no token), ``one_expert`` (every token to expert 0), ``reshard`` (DCP save/load across expert-
 parallel sizes). Prints ``ok`` on success; any mismatch raises.
 """
@@ -17,13 +18,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from pipeline.config import ModelConfig, MoEConfig, ParallelConfig
 from pipeline.model import MoETransformer
 from pipeline.model.moe import MoELayer
 from pipeline.parallel import checkpoint as ckpt
 from pipeline.parallel.expert import DP_DIM, EP_DIM
-from pipeline.parallel.setup import all_reduce_gradients, expert_parameters, parallelize
+from pipeline.parallel.setup import (
+    all_reduce_gradients,
+    clip_grad_norm,
+    expert_parameters,
+    grad_norm,
+    parallelize,
+)
 
 # fp32 tolerances: the parallel run sums the same products in another order (per-rank partial
 # sums, all-reduce, all-to-all-fed grouped GEMMs), so agreement is to a few float32 ulps of the
@@ -49,12 +57,14 @@ def world_slice(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient, expert blocks gathered to their global ``(E, ...)``."""
+    """Every parameter's gradient, expert blocks and FSDP2 shards gathered to full tensors."""
     shards = ckpt.sharded_keys(model)
     grads = {}
     for name, p in model.named_parameters():
         g = p.grad if p.grad is not None else torch.zeros_like(p)
-        grads[name] = shards[name].as_dtensor(g).full_tensor() if name in shards else g
+        if name in shards:
+            g = shards[name].as_dtensor(g)
+        grads[name] = g.full_tensor() if isinstance(g, DTensor) else g
     return grads
 
 
@@ -66,13 +76,15 @@ def check_close(actual: dict, expected: dict, tol: dict, what: str) -> None:
         )
 
 
-def scenario_train(mesh) -> None:
-    """Forward, loss, every gradient and the logged load match for 3 AdamW steps."""
+def scenario_train(mesh, sharding: str) -> None:
+    """Forward, loss, every gradient, the gradient norm, the clipped gradients and the logged
+    load match for 3 AdamW steps."""
     torch.manual_seed(0)
     cfg = ModelConfig.model_validate(MODEL)
     reference = MoETransformer(cfg, VOCAB)
     model = copy.deepcopy(reference)
-    parallelize(model, ParallelConfig(expert_parallel=mesh[EP_DIM].size()), mesh)
+    layout = ParallelConfig(expert_parallel=mesh[EP_DIM].size(), sharding=sharding)
+    parallelize(model, layout, mesh)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (reference, model)]
     world = dist.get_world_size()
     for step in range(3):
@@ -97,6 +109,12 @@ def scenario_train(mesh) -> None:
             dist.all_reduce(balance)  # the ranks' mean is the global-batch Switch loss
             torch.testing.assert_close(balance / world, want.losses["load_balance"], **FWD)
         check_close(full_grads(model), full_grads(reference), GRAD, f"step {step} grad")
+        norm = grad_norm(model)
+        torch.testing.assert_close(norm, grad_norm(reference), **GRAD)
+        max_norm = 0.5 * norm.item()  # so that clipping acts
+        torch.testing.assert_close(clip_grad_norm(model, max_norm), norm, rtol=0, atol=0)
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+        check_close(full_grads(model), full_grads(reference), GRAD, f"step {step} clipped")
         for opt in opts:
             opt.step()
             opt.zero_grad()
@@ -192,8 +210,8 @@ def main(scenario: str, dp: str, ep: str, out_dir: str = "") -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (int(dp), int(ep)), mesh_dim_names=(DP_DIM, EP_DIM))
-    if scenario == "train":
-        scenario_train(mesh)
+    if scenario in ("train", "train_fsdp2"):
+        scenario_train(mesh, "fsdp2" if scenario == "train_fsdp2" else "none")
     elif scenario == "no_token":
         scenario_skewed(mesh, top_k=2)
     elif scenario == "one_expert":

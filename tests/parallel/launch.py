@@ -3,6 +3,7 @@ so that a hang fails the test instead of the CI job."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -52,3 +53,24 @@ def launch(script: Path, world: int, args: list[str], timeout: float = 60) -> li
             failures.append(f"rank {rank} exited {proc.returncode}:\n{err[-3000:]}")
     assert not failures, "\n".join(failures)
     return outputs
+
+
+def lightning_train(
+    root: Path, out: Path, args: list[str], timeout: float = 150, returncode: int = 0
+) -> dict | None:
+    """Run tests/parallel/lightning_worker.py in ``root`` (Lightning launches the other ranks
+    itself: no rank variables in the environment), expecting ``returncode``; return rank
+    zero's JSON output (None unless it succeeded)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "parallel" / "lightning_worker.py"), str(root)]
+        + [str(out), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == returncode, proc.stderr[-4000:]
+    return json.loads(out.read_text()) if returncode == 0 else None

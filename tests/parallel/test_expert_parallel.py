@@ -7,102 +7,64 @@ collective that hangs fails the test instead of blocking CI.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from pipeline.config import ConfigError, parse_params
-from pipeline.parallel.checkpoint import export_checkpoint
 
 HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("parallel_launch", HERE / "launch.py")
-launch_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(launch_mod)
 
 
-def run_ep(scenario: str, dp: int, ep: int, *extra: str, timeout: float = 60) -> None:
-    outputs = launch_mod.launch(
-        HERE / "ep_worker.py", dp * ep, [scenario, str(dp), str(ep), *extra], timeout
-    )
-    assert all(out.strip().endswith("ok") for out in outputs)
+@pytest.fixture
+def run_ep(launcher):
+    """``run_ep(scenario, dp, ep, *extra)``: ep_worker.py on dp × ep processes, all must pass."""
+
+    def run(scenario: str, dp: int, ep: int, *extra: str, timeout: float = 60) -> None:
+        args = [scenario, str(dp), str(ep), *extra]
+        outputs = launcher.launch(HERE / "ep_worker.py", dp * ep, args, timeout)
+        assert all(out.strip().endswith("ok") for out in outputs)
+
+    return run
 
 
 @pytest.mark.multiprocess
-def test_ep2_matches_one_process_forward_gradients_and_losses_over_steps():
+def test_ep2_matches_one_process_forward_gradients_and_losses_over_steps(run_ep):
     run_ep("train", dp=1, ep=2)
 
 
 @pytest.mark.multiprocess
-def test_rank_whose_experts_get_no_token():
+def test_rank_whose_experts_get_no_token(run_ep):
     run_ep("no_token", dp=1, ep=2)
 
 
 @pytest.mark.multiprocess
-def test_every_token_to_one_expert():
+def test_every_token_to_one_expert(run_ep):
     run_ep("one_expert", dp=1, ep=2)
 
 
 @pytest.mark.multiprocess
-def test_dcp_checkpoint_reshards_between_ep2_and_ep1(tmp_path):
+def test_dcp_checkpoint_reshards_between_ep2_and_ep1(run_ep, tmp_path):
     run_ep("reshard", 1, 2, str(tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_dp2_by_ep2_on_four_processes_matches_one_process():
+def test_dp2_by_ep2_on_four_processes_matches_one_process(run_ep):
     run_ep("train", dp=2, ep=2, timeout=120)
 
 
-def _train(root: Path, out: Path, devices: int, micro: int, strategy: str, ep: int) -> dict:
-    """Lightning launches the other ranks itself: no rank variables in the environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(launch_mod.REPO)
-    args = [str(root), str(out), str(devices), str(micro), strategy, str(ep)]
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "lightning_worker.py"), *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("dp,ep", [(2, 1), (1, 2)])
+def test_fsdp2_matches_one_process_forward_gradients_norm_and_steps(run_ep, dp, ep):
+    """FSDP2 over the whole world, alone (EP=1) and beside expert parallelism (EP=2)."""
+    run_ep("train_fsdp2", dp=dp, ep=ep)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_lightning_ep2_trains_like_one_process_and_exports_from_dcp(tmp_path, tiny):
-    """Lightning's launcher with strategy model_parallel, EP=2, vs one process, same global
-    batch: the same losses (Switch loss included: its expert fractions are global), validation
-    and logged load; the DCP checkpoint converts to the same single-file weights."""
-    tiny.write_tokens(tmp_path / "ep")
-    tiny.write_tokens(tmp_path / "single")
-    ep = _train(tmp_path / "ep", tmp_path / "ep.json", 2, 2, "model_parallel", 2)
-    single = _train(tmp_path / "single", tmp_path / "single.json", 1, 4, "auto", 1)
-    losses = [[r["loss"] for r in run["history"]["train"]] for run in (ep, single)]
-    assert len(losses[0]) == 4
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert ep["history"]["val"][-1]["val_loss"] == pytest.approx(
-        single["history"]["val"][-1]["val_loss"], rel=1e-5
-    )
-    loads = [[r["load"] for r in run["history"]["load"]] for run in (ep, single)]
-    assert loads[0] == pytest.approx(loads[1], abs=1e-6)
-    models = tmp_path / "ep" / "models"
-    export_checkpoint(models / "checkpoints" / "last.ckpt", tmp_path / "converted")
-    trained, converted = (
-        load_file(models / "model.safetensors"),
-        load_file(tmp_path / "converted" / "model.safetensors"),
-    )
-    assert trained.keys() == converted.keys()
-    assert all(torch.equal(trained[k], converted[k]) for k in trained)
+def test_fsdp2_with_dp2_by_ep2_on_four_processes_matches_one_process(run_ep):
+    run_ep("train_fsdp2", dp=2, ep=2, timeout=120)
 
 
 def _params(**parallel) -> dict:
@@ -119,5 +81,5 @@ def test_layout_rules_name_the_keys():
         parse_params(
             {"train": {"strategy": "ddp", "parallel": {"expert_parallel": 2}, "devices": 2}}
         )
-    with pytest.raises(ConfigError, match="fsdp2"):
-        parse_params(_params(expert_parallel=2, sharding="fsdp2"))
+    both = parse_params(_params(expert_parallel=2, sharding="fsdp2")).train.parallel
+    assert (both.expert_parallel, both.sharding) == (2, "fsdp2")

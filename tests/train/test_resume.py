@@ -10,7 +10,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
-from pipeline.train.checkpoint import AtomicCheckpointIO, CheckpointMismatchError
+from pipeline.train.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+)
 from pipeline.train.outputs import TrainFiles
 
 # grad_accum 2 so that a restart must also land on an accumulation boundary.
@@ -126,7 +130,31 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "evil.ckpt"
     torch.save({"obj": Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointCorruptError, match="evil.ckpt: refusing to load"):
         io.load_checkpoint(path)
     with pytest.raises(ValueError, match="refusing weights_only=False"):
         io.load_checkpoint(path, weights_only=False)
+
+
+@pytest.mark.parametrize("damage", ["flip-a-byte", "truncate"])
+def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.randn(256, 256)}, "global_step": 3}, path)
+    assert io.load_checkpoint(path)["global_step"] == 3
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the tensor's bytes, which dominate the file
+    if damage == "flip-a-byte":
+        data[middle] ^= 0xFF
+    else:
+        del data[middle:]
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError, match=r"last\.ckpt: .*(digest|truncated)"):
+        io.load_checkpoint(path)
+
+
+def test_checkpoint_without_a_digest_is_refused(tmp_path):
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointCorruptError, match="has no content digest"):
+        AtomicCheckpointIO().load_checkpoint(path)

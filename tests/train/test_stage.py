@@ -141,3 +141,14 @@ def test_compiled_model_trains_like_eager(tmp_path, tiny):
     eager = tiny.run(tiny.write_tokens(tmp_path / "e"), tiny.params(max_steps=3))
     compiled = tiny.run(tiny.write_tokens(tmp_path / "c"), tiny.params(max_steps=3, compile=True))
     assert tiny.losses(compiled) == pytest.approx(tiny.losses(eager), rel=1e-4)
+
+
+def test_run_fingerprint_follows_what_is_trained_not_where_or_how_it_is_watched(tiny):
+    from pipeline.train.outputs import run_fingerprint
+
+    base = run_fingerprint(tiny.params(), "data-a")
+    same = [tiny.params(devices=2, strategy="ddp", log_every=1, checkpoint_every=1, resume="never")]
+    other = [tiny.params(max_steps=9), tiny.params(optim={"lr": 0.5}), tiny.params(seq_len=16)]
+    assert {run_fingerprint(p, "data-a") for p in same} == {base}
+    assert base not in {run_fingerprint(p, "data-a") for p in other}
+    assert run_fingerprint(tiny.params(), "data-b") != base
