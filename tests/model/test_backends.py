@@ -9,6 +9,7 @@ every run; the seed is in the test id and the failure message (set MOE_TEST_SEED
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 
@@ -144,8 +145,19 @@ def _compare(case, dtype, seed):
     return ids
 
 
+@pytest.fixture(params=["grouped", "per-group"])
+def torch_path(request, monkeypatch):
+    """Both ways the ``torch`` backend can run: grouped GEMMs over all experts, or expert by
+    expert (what large CPU groups use; forced here for every size)."""
+    if request.param == "per-group":
+        module = importlib.import_module("pipeline.ops.sorted_experts")  # not the function
+        monkeypatch.setattr(module, "CPU_PER_GROUP_MIN_ROWS", 0)
+        monkeypatch.setattr(module, "CPU_PER_GROUP_MIN_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_torch_backend_matches_reference_fp32(case):
+def test_torch_backend_matches_reference_fp32(case, torch_path):
     ids = _compare(case, torch.float32, SEED)
     if case["empty"] is not None:
         assert not (ids == case["empty"]).any(), "the test meant to leave an expert empty"
@@ -154,11 +166,11 @@ def test_torch_backend_matches_reference_fp32(case):
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[6]], ids=_ids)
-def test_torch_backend_matches_reference_bf16(case):
+def test_torch_backend_matches_reference_bf16(case, torch_path):
     _compare(case, torch.bfloat16, SEED)
 
 
-def test_all_slots_empty_gives_zero_output_and_zero_grads():
+def test_all_slots_empty_gives_zero_output_and_zero_grads(torch_path):
     p = _make_inputs(_case(5, 2, 3, 8, 4), torch.float32, 0)
     ids = torch.full((5, 2), -1)
     weights = torch.rand(5, 2, requires_grad=True)
