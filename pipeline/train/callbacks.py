@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.parallel.setup import grad_norm
+from pipeline.train.checkpoint import AtomicCheckpointIO
 from pipeline.train.metrics import load_balance, measure_peak_flops, mfu, slow_cpu_bf16
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,8 @@ class NonFiniteLossGuard(Callback):
             return
         step = trainer.global_step + 1
         kept = (
-            f"the last good checkpoint is {self.last_checkpoint} (step "
-            f"{_checkpoint_step(self.last_checkpoint)})"
-            if self.last_checkpoint.is_file()
+            f"the last good checkpoint is {self.last_checkpoint} ({_checkpoint_step(self.last_checkpoint)})"
+            if self.last_checkpoint.exists()
             else "no checkpoint had been written yet"
         )
         raise NonFiniteLossError(
@@ -142,10 +142,12 @@ class NonFiniteLossGuard(Callback):
         )
 
 
-def _checkpoint_step(path: Path) -> int | str:
-    """The optimizer step a checkpoint was written at, read without unpickling code."""
+def _checkpoint_step(path: Path) -> str:
+    """``step N`` of a single-file checkpoint, read and verified the way a resume reads it."""
+    if path.is_dir():
+        return "a distributed checkpoint directory"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+        return f"step {AtomicCheckpointIO().load_checkpoint(path)['global_step']}"
     except Exception as exc:  # an error report must not fail on the checkpoint it reports
         return f"unreadable: {exc}"
 
