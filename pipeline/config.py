@@ -33,6 +33,13 @@ class Section(BaseModel):
 class SyntheticSource(Section):
     size_mb: float = Field(8.0, gt=0, le=10_000, description="corpus size in MB of UTF-8 text")
     benchmark_items: int = Field(300, ge=10, le=100_000, description="items per benchmark task")
+    episode_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of documents that are tracking / counting episodes shaped like the "
+        "benchmark items (new instances), the rest being stories",
+    )
 
 
 class HFSource(Section):

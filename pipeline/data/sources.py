@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import FilesSource, HFSource, PrepareConfig
+from pipeline.config import FilesSource, HFSource, PrepareConfig, SyntheticSource
 from pipeline.errors import PipelineError
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -32,16 +32,16 @@ class Document:
 def iter_documents(cfg: PrepareConfig, seed: int) -> Iterator[Document]:
     """Documents of the configured source, in a deterministic order."""
     if cfg.source == "synthetic":
-        return _synthetic(cfg.synthetic.size_mb, seed)
+        return _synthetic(cfg.synthetic, seed)
     if cfg.source == "hf":
         return _huggingface(cfg.hf)
     return _files(cfg.files)
 
 
-def _synthetic(size_mb: float, seed: int) -> Iterator[Document]:
+def _synthetic(cfg: SyntheticSource, seed: int) -> Iterator[Document]:
     from pipeline.data.synthetic import generate_documents
 
-    for index, text in enumerate(generate_documents(seed, size_mb)):
+    for index, text in enumerate(generate_documents(seed, cfg.size_mb, cfg.episode_share)):
         yield Document(text, f"synthetic:{index}")
 
 

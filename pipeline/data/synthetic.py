@@ -37,8 +37,10 @@ WORD_PATTERN = re.compile(r"[A-Za-z]+|[0-9]+")
 
 BENCHMARK_SEED_MULTIPLIER = 1_000_003
 BENCHMARK_SEED_OFFSET = 7
-HELD_OUT_MODULUS = 7
-MAX_COUNT = 20  # counting items stay within the number words zero..twenty  # one (noun, predicate) pair in 7 is reserved for the agreement benchmark
+HELD_OUT_MODULUS = 7  # one (noun, predicate) pair in 7 is reserved for the agreement benchmark
+#: Corpus episodes state an intermediate answer after a step with this probability.
+EPISODE_NARRATION = 0.3
+MAX_COUNT = 20  # counting choices stay within the number words zero..twenty
 
 PRONOUNS = {
     "he": ("he", "him", "his"),
@@ -894,13 +896,24 @@ def _choose_template(rng: random.Random) -> int:
     return lo
 
 
-def generate_documents(seed: int, size_mb: float) -> Iterator[str]:
-    """Yield stories until their UTF-8 size sums to >= size_mb * 1_000_000 bytes."""
+def generate_documents(seed: int, size_mb: float, episode_share: float) -> Iterator[str]:
+    """Yield documents until their UTF-8 size sums to >= size_mb * 1_000_000 bytes.
+
+    A share ``episode_share`` of them are tracking and counting episodes (half each), shaped like
+    the benchmark items and ending with the statement the benchmark asks to complete; the rest
+    are stories.
+    """
     rng = random.Random(seed)
     budget = size_mb * 1_000_000
     written = 0
     while written < budget:
-        text = generate_story(rng).text
+        roll = rng.random()
+        if roll < episode_share / 2:
+            text = tracking_document(rng)
+        elif roll < episode_share:
+            text = counting_document(rng)
+        else:
+            text = generate_story(rng).text
         written += len(text.encode("utf-8"))
         yield text
 
@@ -920,14 +933,18 @@ def _agreement_items(rng: random.Random, n_items: int) -> list[dict]:
     return items
 
 
-def _entity_cloze_item(rng: random.Random) -> dict:
-    """Objects pass between 3-4 characters; the question asks who holds one of them at the end.
+def _tracking_episode(rng: random.Random, narrate: float = 0.0) -> tuple[Story, str, str]:
+    """Objects pass between 3-4 characters: the story, the target object and the other one.
+
+    With ``narrate`` > 0 (corpus episodes), each step is followed with that probability by a
+    statement of where one of the objects is now: intermediate answers, so the skill is taught
+    at every depth, not only at the end.
 
     A second object moves too, and the story often ends with moves of that other object or with
     sentences that mention a character without a transfer, so neither the first nor the last
-    name mentioned is a reliable shortcut.
+    name mentioned is a reliable shortcut to the target's holder.
     """
-    cast = _cast(rng, rng.randint(3, 4))
+    cast = _cast(rng, rng.randint(2, 3))
     st = Story(rng, cast, rng.choice(lx.PLACES))
     target, other = rng.sample(OBJECTS, 2)
     st.say(f"{_names(cast)} were playing {at(st.place)}.")
@@ -936,24 +953,53 @@ def _entity_cloze_item(rng: random.Random) -> dict:
         st.holder[obj.singular] = c.name
         who, _ = st.subject(c)
         st.say(f"{who} found {_a(_adj(rng, lx.COLORS))} {obj.singular}.")
-    for _ in range(rng.randint(3, 6)):
+    objects = (target.singular, other.singular)
+    for _ in range(rng.randint(1, 3)):
         roll = rng.random()
         if roll < 0.6:
-            _move(st, target.singular if rng.random() < 0.6 else other.singular)
+            _move(st, target.singular if rng.random() < 0.5 else other.singular)
         else:
-            _distractor(st, (target.singular, other.singular))
-    for _ in range(rng.randint(0, 2)):
+            _distractor(st, objects)
+        _narrate_whereabouts(st, objects, narrate)
+    for _ in range(rng.randint(0, 1)):
         if rng.random() < 0.5:
             _move(st, other.singular)
         else:
             _distractor(st, (target.singular,))
-    names = [c.name for c in cast]
+        _narrate_whereabouts(st, objects, narrate)
+    return st, target.singular, other.singular
+
+
+def _narrate_whereabouts(st: Story, objects: Sequence[str], rate: float) -> None:
+    if rate and st.rng.random() < rate:  # no draw at rate 0: the benchmark stream is unchanged
+        obj = st.rng.choice(objects)
+        st.say(f"{_whereabouts(obj)} {st.holder[obj]}.")
+        st.no_subject()
+
+
+def _whereabouts(obj: str) -> str:
+    """The statement that closes a tracking episode, and the benchmark's question."""
+    return f"now the {obj} is with"
+
+
+def tracking_document(rng: random.Random) -> str:
+    """A corpus tracking episode that states where the objects ended up, in random order."""
+    st, target, other = _tracking_episode(rng, EPISODE_NARRATION)
+    objects = [target, other] if rng.random() < 0.5 else [other, target]
+    st.say(*(f"{_whereabouts(obj)} {st.holder[obj]}." for obj in objects))
+    return st.text
+
+
+def _entity_cloze_item(rng: random.Random) -> dict:
+    """A tracking episode; the question asks who holds the target object at the end."""
+    st, target, _ = _tracking_episode(rng)
+    names = [c.name for c in st.cast]
     rng.shuffle(names)
     return {
         "context": st.text,
-        "question": f"The {target.singular} is with",
+        "question": _sentence(_whereabouts(target)),
         "choices": names,
-        "answer": names.index(st.holder[target.singular]),
+        "answer": names.index(st.holder[target]),
     }
 
 
@@ -984,55 +1030,97 @@ def _distractor(st: Story, objects: Sequence[str]) -> None:
         st.say(f"{who} looked at the {rng.choice(objects)} {rng.choice(ANIMATE_MANNER)}.")
 
 
-def _counting_item(rng: random.Random) -> dict:
-    """Counts per character change by finds, losses and gifts; ask one character's final count."""
-    cast = _cast(rng, rng.randint(2, 3))
+@dataclass
+class CountingEpisode:
+    """A counting story and its bookkeeping: every character's count and who is asked about."""
+
+    story: Story
+    noun: Noun
+    count: dict[str, int]
+    asked: Character
+
+
+def _holdings(name: str) -> str:
+    """The start of the statement that closes a counting episode, and the benchmark's question."""
+    return f"now {name} has"
+
+
+def _has_now(name: str, n: int, noun: Noun) -> str:
+    """*now Tom has three kites.*"""
+    return f"{_holdings(name)} {_number_of(n, noun)}."
+
+
+def _number_of(n: int, noun: Noun) -> str:
+    """*three kites*, *one kite*: episodes always spell the number, so one form is learned."""
+    return f"{number_text(n, words=True)} {noun.form(n)}"
+
+
+def _counting_episode(rng: random.Random, narrate: float = 0.0) -> CountingEpisode:
+    """Two characters' counts change by 1-2 finds, losses or gifts of 1-3 items.
+
+    Counts start at 1-6, so they stay within 0..12 (number words, and inside MAX_COUNT). With
+    ``narrate`` > 0 (corpus episodes), each step is followed with that probability by a
+    statement of one character's count so far, as in :func:`_tracking_episode`.
+    """
+    cast = _cast(rng, 2)
     st = Story(rng, cast, rng.choice(lx.PLACES))
     noun, distractor = rng.sample(PORTABLE, 2)
-    words = rng.random() < 0.5
-    count = {c.name: rng.randint(1, 9) for c in cast}
+    count = {c.name: rng.randint(1, 6) for c in cast}
     opening = dict(count)
     st.say(f"{_names(cast)} were {at(st.place)}.")
     for c in cast:
         who, _ = st.subject(c, pronoun_rate=0.0)
-        n = count[c.name]
-        st.say(f"{who} had {number_text(n, words)} {noun.form(n)}.")
-    for _ in range(rng.randint(3, 5)):
+        st.say(f"{who} had {_number_of(count[c.name], noun)}.")
+    for _ in range(rng.randint(1, 2)):
         c = st.pick()
         other = st.pick([c])
-        k = rng.randint(1, 5)
+        k = rng.randint(1, 3)
         op = rng.choices(("distract", "add", "give", "remove"), (0.15, 0.35, 0.25, 0.25))[0]
-        if op == "give" and count[other.name] + k > MAX_COUNT:
-            op = "remove"
         if op in ("give", "remove") and count[c.name] < k:
-            op = "add"  # keep every count >= 0 (and below MAX_COUNT: c has < k <= 5 items)
-        if op == "add" and count[c.name] + k > MAX_COUNT:
-            op = "remove"
+            op = "add"  # counts never go below zero
         who, _ = st.subject(c)
         if op == "distract":
-            m = rng.randint(1, 9)
-            st.say(f"{who} found {number_text(m, words)} {distractor.form(m)}.")
+            st.say(f"{who} found {_number_of(rng.randint(1, 6), distractor)}.")
         elif op == "add":
             count[c.name] += k
             verb = rng.choice(("found", "bought", "picked up"))
-            st.say(f"{who} {verb} {number_text(k, words)} more {noun.form(k)}.")
+            st.say(f"{who} {verb} {number_text(k, words=True)} more {noun.form(k)}.")
         elif op == "give":
             count[c.name] -= k
             count[other.name] += k
-            st.say(f"{who} gave {number_text(k, words)} {noun.form(k)} to {other.name}.")
+            st.say(f"{who} gave {_number_of(k, noun)} to {other.name}.")
         else:
             count[c.name] -= k
             verb = "ate" if noun in FOODS else rng.choice(("lost", "sold"))
-            st.say(f"{who} {verb} {number_text(k, words)} {noun.form(k)}.")
+            st.say(f"{who} {verb} {_number_of(k, noun)}.")
+        if narrate and rng.random() < narrate:  # no draw at 0: the benchmark stream is unchanged
+            told = st.pick()
+            st.say(_has_now(told.name, count[told.name], noun))
+            st.no_subject()
     # Usually ask about someone whose count changed, so the answer is rarely the opening count.
     changed = [c for c in cast if count[c.name] != opening[c.name]]
     asked = rng.choice(changed) if changed and rng.random() < 0.85 else st.pick()
-    answer = count[asked.name]
-    choices = _number_choices(rng, answer, sorted(count.values()))
+    return CountingEpisode(st, noun, count, asked)
+
+
+def counting_document(rng: random.Random) -> str:
+    """A corpus counting episode that states the asked character's count, then maybe the other's."""
+    episode = _counting_episode(rng, EPISODE_NARRATION)
+    st = episode.story
+    told = [episode.asked, *(c for c in st.cast if c != episode.asked and rng.random() < 0.5)]
+    st.say(*(_has_now(c.name, episode.count[c.name], episode.noun) for c in told))
+    return st.text
+
+
+def _counting_item(rng: random.Random) -> dict:
+    """A counting episode; the question asks the chosen character's final count."""
+    episode = _counting_episode(rng)
+    answer = episode.count[episode.asked.name]
+    choices = _number_choices(rng, answer, sorted(episode.count.values()))
     return {
-        "context": st.text,
-        "question": f"How many {noun.plural} does {asked.name} have now? Answer:",
-        "choices": [number_text(n, words) for n in choices],
+        "context": episode.story.text,
+        "question": _sentence(_holdings(episode.asked.name)),
+        "choices": [number_text(n, words=True) for n in choices],
         "answer": choices.index(answer),
     }
 

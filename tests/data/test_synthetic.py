@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import SyntheticSource
 from pipeline.data import lexicon as lx
 from pipeline.data.synthetic import (
     AGREEMENT_PHENOMENA,
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = 1234
 CORPUS_MB = 1.0
 N_ITEMS = 150
+EPISODE_SHARE = SyntheticSource().episode_share
 _UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 _TEENS = "fifteen sixteen seventeen eighteen nineteen twenty"
 NUMBERS = {w: i for i, w in enumerate(f"{_UNITS} {_TEENS}".split())}  # the test's own table
@@ -43,7 +45,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
-    return list(generate_documents(SEED, CORPUS_MB))
+    return list(generate_documents(SEED, CORPUS_MB, EPISODE_SHARE))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def sentences(text: str) -> list[str]:
 def _digest_in_subprocess(hash_seed: str) -> str:
     code = (
         "import hashlib; from pipeline.data.synthetic import generate_documents as g; "
-        "print(hashlib.sha256('\\x00'.join(g(7, 0.05)).encode()).hexdigest())"
+        "print(hashlib.sha256('\\x00'.join(g(7, 0.05, 0.3)).encode()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     out = subprocess.run(
@@ -79,14 +81,14 @@ def _digest_in_subprocess(hash_seed: str) -> str:
 
 def test_same_seed_is_byte_identical_across_processes_and_hash_seeds():
     """No hash()-of-str or set-order dependence: string hashing differs between these processes."""
-    here = hashlib.sha256("\x00".join(generate_documents(7, 0.05)).encode()).hexdigest()
+    here = hashlib.sha256("\x00".join(generate_documents(7, 0.05, 0.3)).encode()).hexdigest()
     assert _digest_in_subprocess("1") == here
     assert _digest_in_subprocess("2") == here
     assert generate_benchmarks(7, 20) == generate_benchmarks(7, 20)
 
 
 def test_different_seeds_give_different_corpora_and_benchmarks():
-    a, b = list(generate_documents(1, 0.02)), list(generate_documents(2, 0.02))
+    a, b = list(generate_documents(1, 0.02, 0.3)), list(generate_documents(2, 0.02, 0.3))
     assert a[0] != b[0]
     assert not set(a) & set(b)
     assert generate_benchmarks(1, 10) != generate_benchmarks(2, 10)
@@ -94,7 +96,7 @@ def test_different_seeds_give_different_corpora_and_benchmarks():
 
 @pytest.mark.parametrize("size_mb", [0.0005, 0.03])
 def test_size_is_honoured_and_generation_stops_right_after(size_mb):
-    docs = list(generate_documents(3, size_mb))
+    docs = list(generate_documents(3, size_mb, 0.3))
     sizes = [len(d.encode("utf-8")) for d in docs]
     assert sum(sizes) >= size_mb * 1_000_000
     assert sum(sizes) - sizes[-1] < size_mb * 1_000_000  # the last story crossed the line
@@ -323,30 +325,63 @@ def _cast_of(context: str) -> list[str]:
     return re.findall(r"[A-Z]\w+", sentences(context)[0].split(" were ")[0])
 
 
+def _replay_transfers(text: str, cast: list[str]) -> dict[str, str]:
+    """Who holds each object at the end; every *Now the X is with Y.* must match the replay."""
+    holder: dict[str, str] = {}
+    last = None
+    for sentence in sentences(text):
+        subject = _subject(sentence, last, cast)
+        if m := re.fullmatch(r"\S+ found an? \w+ (\w+)\.", sentence):
+            holder[m[1]] = subject
+        elif m := re.fullmatch(r"\S+ (?:gave|passed|threw|handed) the (\w+) to (\w+)\.", sentence):
+            assert holder[m[1]] == subject, sentence  # only the holder can hand it on
+            holder[m[1]] = m[2]
+        elif m := re.fullmatch(r"\S+ took the (\w+) from (\w+)\.", sentence):
+            assert holder[m[1]] == m[2], sentence
+            holder[m[1]] = subject
+        elif m := re.fullmatch(r"Now the (\w+) is with (\w+)\.", sentence):
+            assert holder[m[1]] == m[2], sentence
+        last = subject
+    return holder
+
+
+def _replay_counts(text: str, cast: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Opening and final counts; every *Now X has N nouns.* must match the replay."""
+    noun = re.search(r"\. \S+ had \w+ (\w+)\.", text)[1]
+    singular = SINGULAR_OF[noun]
+    counted = rf"(?:{singular}|{PLURAL_OF[singular]})"
+    counts: dict[str, int] = {}
+    opening: dict[str, int] = {}
+    last = None
+    for sentence in sentences(text):
+        subject = _subject(sentence, last, cast)
+        if m := re.fullmatch(rf"\S+ had (\w+) {counted}\.", sentence):
+            counts[subject] = opening[subject] = number(m[1])
+        elif m := re.fullmatch(rf"\S+ (?:found|bought|picked up) (\w+) more {counted}\.", sentence):
+            counts[subject] += number(m[1])
+        elif m := re.fullmatch(rf"\S+ gave (\w+) {counted} to (\w+)\.", sentence):
+            counts[subject] -= number(m[1])
+            counts[m[2]] += number(m[1])
+        elif m := re.fullmatch(rf"\S+ (?:ate|lost|sold) (\w+) {counted}\.", sentence):
+            counts[subject] -= number(m[1])
+        elif m := re.fullmatch(r"Now (\w+) has (\w+) (\w+)\.", sentence):
+            n = number(m[2])
+            assert (counts[m[1]], m[3]) == (n, singular if n == 1 else PLURAL_OF[singular])
+        assert all(v >= 0 for v in counts.values()), sentence
+        last = subject
+    return opening, counts
+
+
 def test_entity_cloze_answer_matches_a_replay_of_the_transfers(benchmarks):
     last_named_is_answer = 0
     for item in benchmarks["entity_cloze"]:
-        obj = re.fullmatch(r"The (\w+) is with", item["question"])[1]
-        holder = last = None
+        obj = re.fullmatch(r"Now the (\w+) is with", item["question"])[1]
         cast = _cast_of(item["context"])
         assert sorted(cast) == sorted(item["choices"])
-        for sentence in sentences(item["context"]):
-            subject = _subject(sentence, last, cast)
-            if re.fullmatch(rf"\S+ found an? \w+ {obj}\.", sentence):
-                holder = subject
-            elif m := re.fullmatch(
-                rf"\S+ (?:gave|passed|threw|handed) the {obj} to (\w+)\.", sentence
-            ):
-                assert holder == subject, sentence  # only the holder can hand it on
-                holder = m[1]
-            elif m := re.fullmatch(rf"\S+ took the {obj} from (\w+)\.", sentence):
-                assert holder == m[1], sentence
-                holder = subject
-            last = subject
+        holder = _replay_transfers(item["context"], cast)[obj]
         choices = item["choices"]
-        assert 3 <= len(choices) <= 4
+        assert 2 <= len(choices) <= 3
         assert choices[item["answer"]] == holder
-        assert all(name in item["context"] for name in choices)
         names_in_order = [w for w in WORD_PATTERN.findall(item["context"]) if w in choices]
         last_named_is_answer += names_in_order[-1] == holder
     assert last_named_is_answer < 0.75 * N_ITEMS  # "last name mentioned" is no shortcut
@@ -355,37 +390,35 @@ def test_entity_cloze_answer_matches_a_replay_of_the_transfers(benchmarks):
 def test_counting_answer_matches_a_replay_of_the_story(benchmarks):
     asked_count_changed = 0
     for item in benchmarks["counting"]:
-        noun_pl, asked = re.fullmatch(
-            r"How many (\w+) does (\w+) have now\? Answer:", item["question"]
-        ).groups()
-        noun_sg = next(n.singular for n in lx.noun_records() if n.plural == noun_pl)
-        noun = rf"(?:{noun_sg}|{noun_pl})"
-        counts: dict[str, int] = {}
-        opening: dict[str, int] = {}
-        last = None
+        asked = re.fullmatch(r"Now (\w+) has", item["question"])[1]
         cast = _cast_of(item["context"])
         assert asked in cast
-        for sentence in sentences(item["context"]):
-            subject = _subject(sentence, last, cast)
-            if m := re.fullmatch(rf"\S+ had (\w+) {noun}\.", sentence):
-                counts[subject] = opening[subject] = number(m[1])
-            elif m := re.fullmatch(
-                rf"\S+ (?:found|bought|picked up) (\w+) more {noun}\.", sentence
-            ):
-                counts[subject] += number(m[1])
-            elif m := re.fullmatch(rf"\S+ gave (\w+) {noun} to (\w+)\.", sentence):
-                counts[subject] -= number(m[1])
-                counts[m[2]] += number(m[1])
-            elif m := re.fullmatch(rf"\S+ (?:ate|lost|sold) (\w+) {noun}\.", sentence):
-                counts[subject] -= number(m[1])
-            assert all(v >= 0 for v in counts.values()), sentence
-            last = subject
+        opening, counts = _replay_counts(item["context"], cast)
         choices = item["choices"]
         assert len(choices) == 4
         assert number(choices[item["answer"]]) == counts[asked]
         assert len({number(c) for c in choices}) == 4
         asked_count_changed += counts[asked] != opening[asked]
     assert asked_count_changed > N_ITEMS // 2
+
+
+def test_corpus_episodes_state_answers_that_match_a_replay(corpus):
+    """Tracking and counting episodes teach the benchmark's statements, with true answers."""
+    tracking = [d for d in corpus if " were playing " in sentences(d)[0]]
+    counting = [d for d in corpus if re.match(r"[^.]* were (?:in|on|at) the \w+\. \S+ had ", d)]
+    share = (len(tracking) + len(counting)) / len(corpus)
+    assert abs(share - EPISODE_SHARE) < 0.05
+    assert abs(len(tracking) - len(counting)) < 0.2 * len(tracking)
+    for doc in tracking:
+        cast = _cast_of(doc)
+        holder = _replay_transfers(doc, cast)
+        final = re.findall(r"Now the (\w+) is with \w+\.", doc)[-2:]
+        assert sorted(final) == sorted(holder)  # both objects' whereabouts close the episode
+    stated = 0
+    for doc in counting:
+        _replay_counts(doc, _cast_of(doc))
+        stated += len(re.findall(r"Now \w+ has ", doc))
+    assert stated >= len(counting)
 
 
 def test_benchmark_text_never_appears_in_the_corpus_of_the_same_seed(corpus_text, benchmarks):
@@ -419,6 +452,7 @@ def _agreement_fact(sentence: str) -> tuple[str, str] | None:
 
 
 SINGULAR_OF = {form: n.singular for n in lx.noun_records() for form in (n.singular, n.plural)}
+PLURAL_OF = {n.singular: n.plural for n in lx.noun_records()}
 BASE_OF = {v.s: v.base for v in lx._verb_records()}
 
 

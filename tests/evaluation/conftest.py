@@ -41,7 +41,7 @@ def write_parquet(path: Path, texts: list[str]) -> None:
 def build_data(root: Path) -> Paths:
     """Tokenizer, validation/test token files and benchmark files under ``root``."""
     paths = Paths(root=root)
-    docs = list(generate_documents(11, 0.03))
+    docs = list(generate_documents(11, 0.03, episode_share=0.3))
     splits = {"train": docs[:-12], "validation": docs[-12:-6], "test": docs[-6:]}
     for split, texts in splits.items():
         write_parquet(paths.parquet(split), texts)

@@ -43,7 +43,9 @@ def tiny_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> MoETransform
 def tokenizer_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export-tokenizer")
     parquet = root / "train.parquet"
-    pq.write_table(pa.table({"text": list(generate_documents(5, 0.02))}), parquet)
+    pq.write_table(
+        pa.table({"text": list(generate_documents(5, 0.02, episode_share=0.3))}), parquet
+    )
     out = root / "tokenizer"
     save_tokenizer(train_tokenizer(parquet, TOKENIZE), TOKENIZE, out)
     return out
