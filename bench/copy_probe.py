@@ -25,6 +25,7 @@ import torch
 from tokenizers import Tokenizer
 
 from evaluation.load import load_model
+from pipeline.config import load_params
 from pipeline.data import lexicon as lx
 
 
@@ -34,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer/tokenizer.json"))
     p.add_argument("--items", type=Path, default=Path("data/benchmarks/entity_cloze.jsonl"))
     p.add_argument("--limit", type=int, default=150, help="items to probe")
-    p.add_argument("--eot", default="<|endoftext|>")
+    p.add_argument("--params", default="params.yaml", help="for tokenize.eot_token")
     return p.parse_args()
 
 
@@ -51,9 +52,9 @@ def name_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
-    model = load_model(args.models).eval()
+    model = load_model(args.models)
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
-    eot = tokenizer.token_to_id(args.eot)
+    eot = tokenizer.token_to_id(load_params(args.params).tokenize.eot_token)
     names = name_token_ids(tokenizer)
     all_names = torch.tensor(sorted(names.values()))
     lines = args.items.read_text(encoding="utf-8").splitlines()[: args.limit]

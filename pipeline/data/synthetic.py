@@ -934,7 +934,7 @@ def _agreement_items(rng: random.Random, n_items: int) -> list[dict]:
 
 
 def _tracking_episode(rng: random.Random, narrate: float = 0.0) -> tuple[Story, str, str]:
-    """Objects pass between 3-4 characters: the story, the target object and the other one.
+    """Objects pass between 2-3 characters: the story, the target object and the other one.
 
     With ``narrate`` > 0 (corpus episodes), each step is followed with that probability by a
     statement of where one of the objects is now: intermediate answers, so the skill is taught
@@ -972,21 +972,25 @@ def _tracking_episode(rng: random.Random, narrate: float = 0.0) -> tuple[Story, 
 
 def _narrate_whereabouts(st: Story, objects: Sequence[str], rate: float) -> None:
     if rate and st.rng.random() < rate:  # no draw at rate 0: the benchmark stream is unchanged
-        obj = st.rng.choice(objects)
-        st.say(f"{_whereabouts(obj)} {st.holder[obj]}.")
+        st.say(_is_with_now(st, st.rng.choice(objects)))
         st.no_subject()
 
 
 def _whereabouts(obj: str) -> str:
-    """The statement that closes a tracking episode, and the benchmark's question."""
+    """The start of the statement that closes a tracking episode, and the benchmark's question."""
     return f"now the {obj} is with"
+
+
+def _is_with_now(st: Story, obj: str) -> str:
+    """*now the kite is with Tom.*"""
+    return f"{_whereabouts(obj)} {st.holder[obj]}."
 
 
 def tracking_document(rng: random.Random) -> str:
     """A corpus tracking episode that states where the objects ended up, in random order."""
     st, target, other = _tracking_episode(rng, EPISODE_NARRATION)
     objects = [target, other] if rng.random() < 0.5 else [other, target]
-    st.say(*(f"{_whereabouts(obj)} {st.holder[obj]}." for obj in objects))
+    st.say(*(_is_with_now(st, obj) for obj in objects))
     return st.text
 
 

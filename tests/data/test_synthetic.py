@@ -382,6 +382,7 @@ def test_entity_cloze_answer_matches_a_replay_of_the_transfers(benchmarks):
         choices = item["choices"]
         assert 2 <= len(choices) <= 3
         assert choices[item["answer"]] == holder
+        assert all(name in item["context"] for name in choices)
         names_in_order = [w for w in WORD_PATTERN.findall(item["context"]) if w in choices]
         last_named_is_answer += names_in_order[-1] == holder
     assert last_named_is_answer < 0.75 * N_ITEMS  # "last name mentioned" is no shortcut
