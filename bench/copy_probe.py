@@ -10,7 +10,7 @@ benchmarks sit at chance whatever else the model knows. This probe shows which s
 bump a model is on: on the entity_cloze items of ``data/benchmarks``, at the position where a
 name must follow (``... Now the kite is with``), it measures how much of the probability given
 to character names goes to the names of the story's own cast. A model that cannot copy spreads
-that mass over all the names it knows (the cast holds ~1 % of them); one that can puts most of
+that mass over all the names it knows (the cast holds ~5 % of the 49); one that can puts most of
 it on the cast.
 """
 
@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from evaluation.load import load_model
 from pipeline.config import load_params
-from pipeline.data import lexicon as lx
+from pipeline.data import synthetic as syn
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,9 +40,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def name_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    """Names that are one token after a space (as they are when they follow a word)."""
+    """Cast names that are one token after a space (as they are when they follow a word)."""
     ids = {}
-    for name, _ in lx.NAMES:
+    for name, _ in syn.CAST_POOL:
         encoded = tokenizer.encode(" " + name).ids
         if len(encoded) == 1:
             ids[name] = encoded[0]

@@ -32,9 +32,9 @@ class Section(BaseModel):
 # --------------------------------------------------------------------------- prepare
 class SyntheticSource(Section):
     size_mb: float = Field(8.0, gt=0, le=10_000, description="corpus size in MB of UTF-8 text")
-    benchmark_items: int = Field(300, ge=10, le=100_000, description="items per benchmark task")
+    benchmark_items: int = Field(1000, ge=10, le=100_000, description="items per benchmark task")
     episode_share: float = Field(
-        0.5,
+        0.8,
         ge=0,
         le=1,
         description="share of documents that are tracking / counting episodes shaped like the "
@@ -179,6 +179,13 @@ class OptimConfig(Section):
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
     warmup_steps: int = Field(20, ge=0)
+    decay_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of the post-warmup steps spent in the cosine decay; the LR is held "
+        "at its peak before it (warmup-stable-decay). 1 = plain cosine",
+    )
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)

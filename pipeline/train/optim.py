@@ -1,4 +1,4 @@
-"""AdamW with decoupled decay on matrices only, and a warmup + cosine learning-rate schedule."""
+"""AdamW with decoupled decay on matrices only, and a warmup + (stable +) cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -28,18 +28,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_cosine(warmup_steps: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """LR multiplier at optimizer step ``step``: linear warmup to 1, cosine decay to ``min_ratio``.
+def warmup_cosine(
+    warmup_steps: int, max_steps: int, min_ratio: float, decay_fraction: float = 1.0
+) -> Callable[[int], float]:
+    """LR multiplier at optimizer step ``step``: linear warmup to 1, then cosine decay to
+    ``min_ratio`` over the last ``decay_fraction`` of the remaining steps, held at 1 before that.
+
+    ``decay_fraction = 1`` is the plain warmup + cosine schedule; below 1 it is
+    warmup-stable-decay (Hägele et al. 2024, arXiv:2405.18392): the LR stays at its peak for
+    most of the run, which matters for the tiny CPU default, whose copy-from-context skill only
+    appears after a few hundred steps at a high LR (bench/RESULTS.md).
 
     A plain function on purpose: ``LambdaLR`` saves nothing of it, so a resumed run takes its
     schedule from the current params rather than silently from the checkpoint.
     """
+    span = max(max_steps - warmup_steps, 1)
+    decay_span = max(round(decay_fraction * span), 1)
+    decay_start = max_steps - decay_span
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        span = max(max_steps - warmup_steps, 1)
-        progress = min((step - warmup_steps) / span, 1.0)
+        progress = min(max(step - decay_start, 0) / decay_span, 1.0)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -54,5 +64,5 @@ def build_optimizer(
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
     )
-    schedule = warmup_cosine(cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+    schedule = warmup_cosine(cfg.warmup_steps, max_steps, cfg.min_lr_ratio, cfg.decay_fraction)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -45,6 +45,16 @@ def test_warmup_then_cosine_to_the_floor():
     assert values == sorted(values, reverse=True)
 
 
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_the_last_fraction():
+    factor = warmup_cosine(warmup_steps=4, max_steps=24, min_ratio=0.1, decay_fraction=0.25)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [factor(s) for s in range(4, 20)] == [1.0] * 16  # decay: last 5 of 20
+    assert factor(21) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 5)))
+    assert factor(24) == pytest.approx(0.1)
+    values = [factor(s) for s in range(19, 25)]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
 def test_scheduler_steps_the_optimizer_lr():
     optimizer, scheduler = build_optimizer(
         Toy(), OptimConfig(lr=1e-2, warmup_steps=2), max_steps=10
