@@ -259,8 +259,9 @@ def _training_procedure(inputs: CardInputs) -> str:
         ],
         [
             "optimizer",
-            f"AdamW lr {o.lr:g} (warmup {o.warmup_steps}, cosine to "
-            f"{o.min_lr_ratio:g}×), betas ({o.beta1}, {o.beta2}), weight decay {o.weight_decay}, "
+            f"AdamW lr {o.lr:g} (warmup {o.warmup_steps}, held, then cosine over the last "
+            f"{o.decay_fraction:.0%} of steps to {o.min_lr_ratio:g}×), betas ({o.beta1}, "
+            f"{o.beta2}), weight decay {o.weight_decay}, "
             f"clip {o.grad_clip}",
         ],
         [

@@ -1,4 +1,4 @@
-"""The LightningModule: next-token cross-entropy plus the router losses, AdamW, warmup + cosine.
+"""The LightningModule: next-token cross-entropy plus the router losses, AdamW, warmup-stable-decay.
 
 Loss granularity. Lightning divides each micro-batch's loss by ``accumulate_grad_batches`` and
 DDP averages gradients over ranks, so the optimised quantity is the mean, over the micro-batches
