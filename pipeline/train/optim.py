@@ -1,4 +1,4 @@
-"""AdamW with decoupled decay on matrices only, and a warmup + (stable +) cosine learning-rate schedule."""
+"""AdamW with decoupled decay on matrices only, and a warmup-stable-decay (cosine) LR schedule."""
 
 from __future__ import annotations
 
