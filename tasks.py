@@ -86,14 +86,10 @@ def ensure_venv() -> None:
 
 def byte_compile_packages() -> None:
     """Write the venv's .pyc files in parallel; a file that does not compile is only slower."""
-    site = subprocess.run(
-        [venv_bin("python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    print(f"[tasks] byte-compiling {site} on all cores", flush=True)
-    subprocess.run([venv_bin("python"), "-m", "compileall", "-qq", "-j", "0", site], check=False)
+    print(f"[tasks] byte-compiling {VENV} on all cores", flush=True)
+    subprocess.run(
+        [venv_bin("python"), "-m", "compileall", "-qq", "-j", "0", str(VENV)], check=False
+    )
 
 
 def run_in_venv(argv: list[str]) -> int:

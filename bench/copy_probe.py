@@ -27,13 +27,17 @@ from tokenizers import Tokenizer
 from evaluation.load import load_model
 from pipeline.config import load_params
 from pipeline.data import synthetic as syn
+from pipeline.data.tokenizer import TOKENIZER_FILE
+from pipeline.paths import Paths
+from pipeline.train.outputs import TrainFiles
 
 
 def parse_args() -> argparse.Namespace:
+    paths = Paths()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", type=Path, default=Path("models"))
-    p.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer/tokenizer.json"))
-    p.add_argument("--items", type=Path, default=Path("data/benchmarks/entity_cloze.jsonl"))
+    p.add_argument("--models", type=Path, default=TrainFiles.from_paths(paths).models_dir)
+    p.add_argument("--tokenizer", type=Path, default=paths.tokenizer_dir / TOKENIZER_FILE)
+    p.add_argument("--items", type=Path, default=paths.benchmarks_dir / "entity_cloze.jsonl")
     p.add_argument("--limit", type=int, default=150, help="items to probe")
     p.add_argument("--params", default="params.yaml", help="for tokenize.eot_token")
     return p.parse_args()

@@ -968,19 +968,23 @@ def _tracking_episode(rng: random.Random, narrate: float = 0.0) -> tuple[Story, 
             _move(st, target.singular if rng.random() < 0.5 else other.singular)
         else:
             _distractor(st, objects)
-        _narrate_whereabouts(st, objects, narrate)
+        _narrate(st, narrate, lambda: _is_with_now(st, rng.choice(objects)))
     for _ in range(rng.randint(0, 1)):
         if rng.random() < 0.5:
             _move(st, other.singular)
         else:
             _distractor(st, (target.singular,))
-        _narrate_whereabouts(st, objects, narrate)
+        _narrate(st, narrate, lambda: _is_with_now(st, rng.choice(objects)))
     return st, target.singular, other.singular
 
 
-def _narrate_whereabouts(st: Story, objects: Sequence[str], rate: float) -> None:
-    if rate and st.rng.random() < rate:  # no draw at rate 0: the benchmark stream is unchanged
-        st.say(_is_with_now(st, st.rng.choice(objects)))
+def _narrate(st: Story, rate: float, statement: Callable[[], str]) -> None:
+    """With probability ``rate``, say ``statement()``: an episode's intermediate answer.
+
+    No draw at rate 0, so the benchmark stream (which never narrates) is unchanged.
+    """
+    if rate and st.rng.random() < rate:
+        st.say(statement())
         st.no_subject()
 
 
@@ -1078,6 +1082,10 @@ def _counting_episode(rng: random.Random, narrate: float = 0.0) -> CountingEpiso
     st = Story(rng, cast, rng.choice(lx.PLACES))
     noun, distractor = rng.sample(PORTABLE, 2)
     count = {c.name: rng.randint(1, 6) for c in cast}
+
+    def count_now(c: Character) -> str:
+        return _has_now(c.name, count[c.name], noun)
+
     opening = dict(count)
     st.say(f"{_names(cast)} were {at(st.place)}.")
     for c in cast:
@@ -1105,10 +1113,7 @@ def _counting_episode(rng: random.Random, narrate: float = 0.0) -> CountingEpiso
             count[c.name] -= k
             verb = "ate" if noun in FOODS else rng.choice(("lost", "sold"))
             st.say(f"{who} {verb} {_number_of(k, noun)}.")
-        if narrate and rng.random() < narrate:  # no draw at 0: the benchmark stream is unchanged
-            told = st.pick()
-            st.say(_has_now(told.name, count[told.name], noun))
-            st.no_subject()
+        _narrate(st, narrate, lambda: count_now(st.pick()))
     # Usually ask about someone whose count changed, so the answer is rarely the opening count.
     changed = [c for c in cast if count[c.name] != opening[c.name]]
     asked = rng.choice(changed) if changed and rng.random() < 0.85 else st.pick()
