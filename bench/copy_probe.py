@@ -24,20 +24,18 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from evaluation.load import load_model
 from pipeline.config import load_params
 from pipeline.data import synthetic as syn
-from pipeline.data.tokenizer import TOKENIZER_FILE
-from pipeline.paths import Paths
-from pipeline.train.outputs import TrainFiles
+from pipeline.model_io import load_model
+from pipeline.paths import ModelFiles, Paths
 
 
 def parse_args() -> argparse.Namespace:
     paths = Paths()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", type=Path, default=TrainFiles.from_paths(paths).models_dir)
-    p.add_argument("--tokenizer", type=Path, default=paths.tokenizer_dir / TOKENIZER_FILE)
-    p.add_argument("--items", type=Path, default=paths.benchmarks_dir / "entity_cloze.jsonl")
+    p.add_argument("--models", type=Path, default=paths.models_dir)
+    p.add_argument("--tokenizer", type=Path, default=paths.tokenizer_file)
+    p.add_argument("--items", type=Path, default=paths.benchmark("entity_cloze"))
     p.add_argument("--limit", type=int, default=150, help="items to probe")
     p.add_argument("--params", default="params.yaml", help="for tokenize.eot_token")
     return p.parse_args()
@@ -56,7 +54,7 @@ def name_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
 @torch.no_grad()
 def main() -> None:
     args = parse_args()
-    model = load_model(args.models)
+    model = load_model(ModelFiles.in_dir(args.models))
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
     eot = tokenizer.token_to_id(load_params(args.params).tokenize.eot_token)
     names = name_token_ids(tokenizer)

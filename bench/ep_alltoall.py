@@ -16,8 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pipeline.config import ParallelConfig, TrainConfig
 from pipeline.model import MoETransformer
-from pipeline.parallel.expert import DP_DIM, EP_DIM
-from pipeline.parallel.setup import parallelize
+from pipeline.parallel.setup import DP_DIM, EP_DIM, parallelize
 
 COLLECTIVE_OPS = ("all_to_all", "wait_tensor")
 

@@ -16,7 +16,7 @@ fi
 "$PYTHON" -c 'import torch, triton; print("#", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)'
 
 LOG="$(mktemp -d)"
-timeout 180 "$PYTHON" -m pytest -m gpu tests/kernels -q -p no:cacheprovider >"$LOG/tests.txt" 2>&1
+timeout 180 "$PYTHON" -m pytest -m gpu tests -q -p no:cacheprovider >"$LOG/tests.txt" 2>&1
 TESTS_RC=$?
 tail -n 15 "$LOG/tests.txt"
 timeout 240 "$PYTHON" bench/moe_kernels.py >"$LOG/bench.txt" 2>&1
@@ -27,7 +27,7 @@ echo
 echo "## gpu_check summary"
 echo "| step | result |"
 echo "|---|---|"
-echo "| pytest -m gpu tests/kernels | rc $TESTS_RC: $(grep -E '(passed|failed|error)' "$LOG/tests.txt" | tail -n 1) |"
+echo "| pytest -m gpu tests | rc $TESTS_RC: $(grep -E '(passed|failed|error)' "$LOG/tests.txt" | tail -n 1) |"
 echo "| bench/moe_kernels.py | rc $BENCH_RC |"
 grep -E '^\| triton' "$LOG/bench.txt" || true
 echo

@@ -104,36 +104,41 @@ def layer_inputs(s: Shape, device: torch.device, dtype: torch.dtype, seed: int =
     }
 
 
-def layer_step(backend: str, p: dict) -> Callable[[], None]:
-    from pipeline.ops import get_backend
+def routed(backend: str, p: dict) -> torch.Tensor:
+    """dispatch → experts → combine on ``p``'s routing, all experts on this device."""
+    from pipeline.model.dispatch import LocalDispatcher
+    from pipeline.model.moe import routed_experts
 
-    fn = get_backend(backend)
     args = [p[n] for n in ("x", "weights", "ids", "w1", "w3", "w2")]
+    return routed_experts(LocalDispatcher(p["w1"].shape[0]), *args, backend)
+
+
+def layer_step(backend: str, p: dict) -> Callable[[], None]:
+    leaves = [p[n] for n in ("x", "weights", "w1", "w3", "w2")]
     grad = torch.randn_like(p["x"])
 
     def step() -> None:
-        y = fn(*args)
-        torch.autograd.grad(y, [args[0], args[1], *args[3:]], grad)
+        torch.autograd.grad(routed(backend, p), leaves, grad)
 
     return step
 
 
 def kernel_steps(s: Shape, p: dict) -> dict[str, tuple[Callable[[], object], float]]:
     """The triton data-movement ops alone: name -> (call, bytes moved)."""
-    from pipeline.ops.triton_rows import assign_rows, gather_sum, scatter_rows
+    from pipeline.ops.triton_dispatch import combine, group_by_expert, spread
 
     x, ids, w = p["x"].detach(), p["ids"], p["weights"].detach().to(p["x"].dtype)
-    row_TK = assign_rows(ids, s.experts, -1)[0]
+    row_TK = group_by_expert(ids, s.experts)[0]
     rows = s.tokens * s.top_k
     moved = 2 * rows * s.hidden * x.element_size()
-    xs = scatter_rows(x, row_TK, rows, None)
+    xs = spread(x, row_TK, rows, None)
     return {
-        "assign_rows": (
-            lambda: assign_rows(ids, s.experts, -1),
+        "group_by_expert": (
+            lambda: group_by_expert(ids, s.experts),
             ids.numel() * (ids.element_size() + 8),
         ),
-        "permute": (lambda: scatter_rows(x, row_TK, rows, None), moved),
-        "combine": (lambda: gather_sum(xs, row_TK, w), moved),
+        "spread": (lambda: spread(x, row_TK, rows, None), moved),
+        "combine": (lambda: combine(xs, row_TK, w), moved),
     }
 
 
@@ -143,8 +148,6 @@ def hf_grouped_mm_step(s: Shape, p: dict) -> Callable[[], None]:
     against the ``torch`` backend's first."""
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-
-    from pipeline.ops import get_backend
 
     cfg = MixtralConfig(hidden_size=s.hidden, intermediate_size=s.expert_hidden,
                         num_local_experts=s.experts, num_experts_per_tok=s.top_k,
@@ -158,7 +161,7 @@ def hf_grouped_mm_step(s: Shape, p: dict) -> Callable[[], None]:
     weights = p["weights"].detach().to(x.dtype).requires_grad_()
     with torch.no_grad():
         y = experts(x, p["ids"], weights).float()
-        ours = get_backend("torch")(*(p[n] for n in ("x", "weights", "ids", "w1", "w3", "w2")))
+        ours = routed("torch", p)
         err = ((y - ours.float()).norm() / ours.float().norm()).item()
     if err > 2e-2:
         raise AssertionError(f"transformers grouped_mm experts differ from ours: {err:.2e}")
@@ -178,7 +181,7 @@ def router_steps(s: Shape, device: torch.device) -> dict[str, tuple[Callable[[],
     probabilities and the k weights and ids; backward reads logits, ids, both gradients and
     writes the logits' gradient."""
     from pipeline.model.router import _softmax_topk
-    from pipeline.ops.triton_router import fused_route
+    from pipeline.ops.triton_routing import fused_route
 
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(s.tokens, s.experts, generator=g).to(device).requires_grad_()

@@ -13,7 +13,7 @@ the outputs are checked against each other first.
 Expert FLOP rate = 3 × 2·T·k·3·H·I / time (forward + backward of the expert GEMMs only),
 against a dense 2048³ matmul measured in the same run. bf16 on a CPU without native bf16
 matmul is far slower than fp32 (the ``torch`` backend then computes in fp32, see
-``pipeline.ops.grouped_gemm.gemm_dtype``), so "% peak" uses the faster of the two peaks.
+``pipeline.ops.torch_gemm.gemm_dtype``), so "% peak" uses the faster of the two peaks.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
 def moe_layer(e: int, k: int, inter: int, backend: str = "auto", seed: int = 0) -> MoELayer:
     """Our layer with weights ~ N(0, 0.02) from ``seed`` (identical for every backend)."""
     layer = MoELayer(
-        HIDDEN, MoEConfig(num_experts=e, top_k=k, expert_hidden=inter, backend=backend)
+        HIDDEN, MoEConfig(num_experts=e, top_k=k, expert_hidden=inter), backend=backend
     )
     g = torch.Generator().manual_seed(seed)
     for p in layer.parameters():
@@ -74,8 +74,8 @@ def build(impl: str, e: int, k: int, inter: int, dtype: torch.dtype):
     hf = MixtralSparseMoeBlock(cfg)
     with torch.no_grad():  # Mixtral: gate.weight (E, H); gate_up_proj (E, 2I, H) = [w1; w3]
         hf.gate.weight.copy_(ours.router.weight)
-        hf.experts.gate_up_proj.copy_(torch.cat([ours.w1, ours.w3], dim=1))
-        hf.experts.down_proj.copy_(ours.w2)
+        hf.experts.gate_up_proj.copy_(torch.cat([ours.experts.w1, ours.experts.w3], dim=1))
+        hf.experts.down_proj.copy_(ours.experts.w2)
     assert hf.experts.config._experts_implementation == experts
     hf = hf.to(dtype)
     return hf, hf

@@ -7,7 +7,7 @@ Each stage's ``cmd`` from ``dvc.yaml`` runs as a child process, in ``dvc.yaml`` 
 the pipeline's dependency order); its peak resident memory is the child's own ``ru_maxrss``
 (from ``os.wait4``), so one stage's peak does not hide another's. The stages write their usual
 outputs: run it in a scratch clone, then ``dvc commit`` if the results should count as a
-``dvc repro``. Lightning's DDP children (``train.devices`` > 1) are not included in the peak.
+``dvc repro``. Lightning's DDP children (``train.runtime.devices`` > 1) are not included in the peak.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ def _training_data(inputs: CardInputs) -> str:
 
 def _training_procedure(inputs: CardInputs) -> str:
     tr, t = inputs.params.train, inputs.train_metrics
-    o, moe = tr.optim, tr.model.moe
+    o, moe, run = tr.optim, tr.model.moe, tr.runtime
     rows = [
         [
             "steps × micro-batch × grad accum × seq len",
@@ -272,7 +272,7 @@ def _training_procedure(inputs: CardInputs) -> str:
         ["capacity factor", moe.capacity_factor or "dropless"],
         [
             "precision / devices / strategy",
-            f"{tr.precision} / {tr.devices}×{tr.num_nodes} ({tr.accelerator}) / {tr.strategy}",
+            f"{run.precision} / {run.devices}×{run.num_nodes} ({run.accelerator}) / {run.strategy}",
         ],
         ["hardware", inputs.environment.get("hardware", "n/a")],
         ["wall time (s)", t.get("wall_time_s")],

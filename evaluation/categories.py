@@ -2,22 +2,22 @@
 
 A token is labelled by the word it belongs to, not by its own text: BPE cuts ``unhappily`` into
 pieces none of which is a word, yet all of them are part of an adverb. The token stream is
-turned back into bytes (exactly, :mod:`evaluation.token_bytes`), cut into words with the
-generator's own ``WORD_PATTERN`` and each word looked up in ``word_categories()``; a token takes
-the category of the first word it overlaps. A token that overlaps no word is ``punctuation`` if
-it holds an ASCII punctuation byte, else ``other`` (spaces, newlines, end-of-text). A word the
-generator does not know (another corpus) is ``other``.
+turned back into bytes (exactly, :mod:`evaluation.token_bytes`), cut into words with the word
+pattern the prepare stage wrote (:mod:`pipeline.data.word_categories`) and each word looked up
+in its table; a token takes the category of the first word it overlaps. A token that overlaps
+no word is ``punctuation`` if it holds an ASCII punctuation byte, else ``other`` (spaces,
+newlines, end-of-text). A word the table does not know is ``other``.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.synthetic import WORD_PATTERN
+from pipeline.data.word_categories import WordCategories
 
 CATEGORIES = (
     "noun",
@@ -32,21 +32,21 @@ CATEGORIES = (
 )
 PUNCTUATION = CATEGORIES.index("punctuation")
 OTHER = CATEGORIES.index("other")
-_WORD_BYTES = re.compile(WORD_PATTERN.pattern.encode("ascii"))  # the pattern is ASCII-only
 _PUNCTUATION_BYTES = frozenset(string.punctuation.encode("ascii"))
 
 
 def token_categories(
-    token_ids: Sequence[int], tok_bytes: Sequence[bytes], words: Mapping[str, str]
+    token_ids: Sequence[int], tok_bytes: Sequence[bytes], words: WordCategories
 ) -> np.ndarray:
     """``(N,)`` int64 indices into :data:`CATEGORIES`, one per token of ``token_ids``."""
     pieces = [tok_bytes[i] for i in token_ids]
     text = b"".join(pieces)
+    word_bytes = re.compile(words.pattern.pattern.encode("ascii"))  # the pattern is ASCII-only
     word_at = np.full(len(text), -1, dtype=np.int64)  # byte -> index of the word covering it
     word_category = []
-    for index, match in enumerate(_WORD_BYTES.finditer(text)):
+    for index, match in enumerate(word_bytes.finditer(text)):
         word_at[match.start() : match.end()] = index
-        category = words.get(match.group().decode("ascii"), "other")
+        category = words.words.get(match.group().decode("ascii"), "other")
         word_category.append(CATEGORIES.index(category))
     out = np.full(len(pieces), OTHER, dtype=np.int64)
     offset = 0

@@ -7,7 +7,7 @@ as ``HFLM`` would score its Hugging Face export; only the three model calls are 
 * ``_loglikelihood_tokens``: the continuation's log-probabilities summed, and whether greedy
   decoding would have produced it. Requests run longest first in batches, right-padded with the
   end-of-text token: the attention is causal, so padding after a sequence cannot change its
-  logits, and the model evaluates with dropless routing (see :func:`evaluation.load.load_model`),
+  logits, and the model evaluates with dropless routing (see :func:`pipeline.model_io.load_model`),
   so padding tokens cannot take an expert slot from a real token either.
 * ``loglikelihood_rolling``: the harness's disjoint rolling windows of ``max_length`` tokens
   (each token predicted once, the first conditioned on end-of-text), summed per document.

@@ -13,7 +13,7 @@ the same windows as the tokens, so a word split across two windows keeps its cat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from evaluation.categories import CATEGORIES, token_categories
 from evaluation.routing_report import LayerRouting, RoutingReport
 from evaluation.windows import batches, window_starts
+from pipeline.data.word_categories import WordCategories
 from pipeline.model import MoETransformer
 
 
@@ -30,7 +31,7 @@ def analyse_routing(
     model: MoETransformer,
     tokens: np.ndarray,
     tok_bytes: Sequence[bytes],
-    words: Mapping[str, str],
+    words: WordCategories,
     window: int,
     max_tokens: int,
     batch_size: int,

@@ -22,8 +22,8 @@ import torch
 
 from evaluation.categories import CATEGORIES
 from evaluation.plots import heatmap
-from pipeline.io import write_json
-from pipeline.train.metrics import load_balance, write_csv
+from pipeline.io import write_csv, write_json
+from pipeline.model.routing_stats import load_summary
 
 
 @dataclass
@@ -31,7 +31,7 @@ class LayerRouting:
     """Running sums for one MoE layer."""
 
     num_experts: int
-    assignments: np.ndarray = field(init=False)  # (C, E) int64
+    assignments: np.ndarray = field(init=False)  # (W, E) int64: W word categories
     entropy_sum: float = 0.0
     dropped_sum: float = 0.0
     tokens: int = 0
@@ -58,7 +58,7 @@ class LayerRouting:
         return per_expert / max(per_expert.sum(), 1)
 
     def specialisation(self) -> np.ndarray:
-        """``(C, E)``: each category's assignments as fractions (rows of unseen categories 0)."""
+        """``(W, E)``: each category's assignments as fractions (rows of unseen categories 0)."""
         rows = self.assignments.sum(1, keepdims=True)
         return np.divide(
             self.assignments, rows, out=np.zeros(self.assignments.shape), where=rows > 0
@@ -81,7 +81,7 @@ class RoutingReport:
         out: dict[str, float] = {"routing/tokens": self.tokens}
         for index, layer in self.layers.items():
             prefix = f"routing/layer{index}"
-            balance = load_balance(torch.from_numpy(layer.load))
+            balance = load_summary(torch.from_numpy(layer.load))
             out[f"{prefix}/max_over_mean"] = balance["max_over_mean"]
             out[f"{prefix}/cv"] = balance["cv"]
             out[f"{prefix}/entropy"] = layer.entropy_sum / max(layer.tokens, 1)

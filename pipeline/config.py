@@ -8,6 +8,7 @@ is the most expensive kind of config bug in a training pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,7 +109,11 @@ class TokenizeConfig(Section):
 
 # --------------------------------------------------------------------------- train
 class MoEConfig(Section):
-    """The mixture-of-experts feed-forward layer (see ARCHITECTURE.md, "MoE design")."""
+    """The mixture-of-experts feed-forward layer (``docs/ARCHITECTURE.md``, "The MoE layer").
+
+    What the weights mean only: which implementation computes the layer is a runtime choice
+    (``train.runtime.backend``), so a checkpoint resumes under another backend.
+    """
 
     num_experts: int = Field(8, ge=1, le=4096)
     top_k: int = Field(
@@ -130,7 +135,6 @@ class MoEConfig(Section):
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss")
     z_loss_weight: float = Field(1e-3, ge=0, description="router z-loss")
     seq_aux_loss_weight: float = Field(0.0, ge=0, description="sequence-level balance loss")
-    backend: Literal["auto", "reference", "torch", "triton"] = "auto"
 
     @model_validator(mode="after")
     def _k_fits(self) -> MoEConfig:
@@ -143,7 +147,9 @@ class MoEConfig(Section):
 
 
 class ModelConfig(Section):
-    """Decoder-only transformer; the vocabulary size comes from the trained tokenizer."""
+    """The model spec: what the weights mean. Decoder-only transformer; the vocabulary size comes
+    from the trained tokenizer. Together with it, this is the model's identity
+    (``pipeline.model_io.model_identity``): weights load only into the same spec."""
 
     d_model: int = Field(256, ge=8)
     n_layers: int = Field(4, ge=1)
@@ -217,18 +223,22 @@ class ParallelConfig(Section):
     def _positive(self) -> ParallelConfig:
         if self.data_parallel != "auto" and self.data_parallel < 1:
             raise ValueError(
-                f"train.parallel.data_parallel = {self.data_parallel}: expected 'auto' or >= 1"
+                f"train.runtime.parallel.data_parallel = {self.data_parallel}: expected 'auto' "
+                "or >= 1"
             )
         return self
 
 
-class TrainConfig(Section):
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    seq_len: int = Field(256, ge=2, description="tokens per training window")
-    micro_batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(300, ge=1, description="optimizer steps")
+class RuntimeConfig(Section):
+    """How a run executes, never what it trains: a checkpoint resumes under other values of any
+    of these (another backend, precision, device count or parallel layout), which is why the
+    run fingerprint leaves this section out."""
+
+    backend: Literal["auto", "reference", "torch", "triton"] = Field(
+        "auto",
+        description="MoE routing/dispatch/expert implementation; auto = triton on CUDA, torch "
+        "otherwise (pipeline/model/backends.py)",
+    )
     precision: Literal["32-true", "bf16-mixed", "bf16-true"] = Field(
         "32-true", description="bf16 only where the CPU/GPU has native bf16 matmuls"
     )
@@ -238,14 +248,37 @@ class TrainConfig(Section):
     num_nodes: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp", "model_parallel"] = "auto"
     parallel: ParallelConfig = ParallelConfig()
-    log_every: int = Field(10, ge=1)
-    val_every: int = Field(100, ge=1)
-    val_batches: int = Field(20, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between last.ckpt saves")
     resume: Literal["auto", "never"] = "auto"
+
+    def world_size(self) -> int | None:
+        """``devices × num_nodes``, or None while ``devices: auto`` (known at launch only)."""
+        return None if self.devices == "auto" else self.devices * self.num_nodes
+
+
+class MonitorConfig(Section):
+    """What is measured during training; none of it changes the trained weights."""
+
+    log_every: int = Field(10, ge=1, description="optimizer steps between logged metrics")
+    val_every: int = Field(100, ge=1, description="optimizer steps between validations")
+    val_batches: int = Field(20, ge=1, description="global micro-batches of validation windows")
     peak_flops: float | None = Field(
         None, gt=0, description="per-device peak for MFU; null = measure"
     )
+
+
+class TrainConfig(Section):
+    """What is trained (model, optimizer, data geometry, length: the run's identity) plus how
+    it runs (``runtime``) and what is measured (``monitor``)."""
+
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    seq_len: int = Field(256, ge=2, description="tokens per training window")
+    micro_batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(300, ge=1, description="optimizer steps")
+    runtime: RuntimeConfig = RuntimeConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _window_fits(self) -> TrainConfig:
@@ -256,33 +289,35 @@ class TrainConfig(Section):
         check_parallel_layout(self)
         return self
 
-    def world_size(self) -> int | None:
-        """``devices × num_nodes``, or None while ``devices: auto`` (known at launch only)."""
-        return None if self.devices == "auto" else self.devices * self.num_nodes
+
+#: The ``train`` sections that do not define the run: a run resumes across changes to them.
+NOT_THE_RUN = ("runtime", "monitor")
 
 
 def check_parallel_layout(cfg: TrainConfig, world: int | None = None) -> tuple[int, int] | None:
     """Cross-field rules of ``train.parallel``; returns ``(data_parallel, expert_parallel)``
     once the world size is known (from the params, or from the launcher via ``world``)."""
-    par, experts = cfg.parallel, cfg.model.moe.num_experts
+    runtime = cfg.runtime
+    par, experts = runtime.parallel, cfg.model.moe.num_experts
     if experts % par.expert_parallel:
         raise ValueError(
-            f"train.parallel.expert_parallel = {par.expert_parallel} must divide "
+            f"train.runtime.parallel.expert_parallel = {par.expert_parallel} must divide "
             f"train.model.moe.num_experts = {experts}"
         )
     needs_mesh = par.expert_parallel > 1 or par.sharding != "none"
-    if needs_mesh and cfg.strategy != "model_parallel":
+    if needs_mesh and runtime.strategy != "model_parallel":
         raise ValueError(
-            f"train.parallel (expert_parallel = {par.expert_parallel}, sharding = "
-            f"{par.sharding!r}) needs train.strategy: model_parallel, got {cfg.strategy!r}"
+            f"train.runtime.parallel (expert_parallel = {par.expert_parallel}, sharding = "
+            f"{par.sharding!r}) needs train.runtime.strategy: model_parallel, got "
+            f"{runtime.strategy!r}"
         )
-    world = world or cfg.world_size()
+    world = world or runtime.world_size()
     if world is None:
         return None
     dp = world // par.expert_parallel if par.data_parallel == "auto" else par.data_parallel
     if dp * par.expert_parallel != world:
         raise ValueError(
-            f"train.parallel: data_parallel ({par.data_parallel}) × expert_parallel "
+            f"train.runtime.parallel: data_parallel ({par.data_parallel}) × expert_parallel "
             f"({par.expert_parallel}) must equal the world size devices × num_nodes = {world}"
         )
     return dp, par.expert_parallel
@@ -345,6 +380,17 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     card: CardConfig = CardConfig()
+
+
+def flatten_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings (params, a config dump) as ``{"a.b.c": value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _describe(error: dict[str, Any], source: str) -> str:

@@ -8,11 +8,12 @@ leaves a half-written file that DVC or a later stage would take for a finished o
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ def write_text(path: Path | str, text: str) -> None:
 def write_json(path: Path | str, data: Any) -> None:
     """Stable JSON (sorted keys, 2-space indent, trailing newline) written atomically."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: Path | str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV (for ``dvc plots`` and people), written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def read_json(path: Path | str) -> Any:

@@ -1,7 +1,8 @@
-"""Where each stage reads and writes, relative to the repository root.
+"""Where every stage reads and writes, relative to the repository root: the one path registry.
 
-The single contract between the stage modules and ``dvc.yaml``: change a location here and there
-together. Tests build ``Paths(root=tmp_path)`` to run stages in isolation.
+The contract between the stage modules and ``dvc.yaml``: change a location here and there
+together (``tests/test_dvc_wiring.py`` checks that ``dvc.yaml`` names these files). Tests build
+``Paths(root=tmp_path)`` to run stages in isolation.
 """
 
 from __future__ import annotations
@@ -13,10 +14,23 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
+class ModelFiles:
+    """The trained model as the train stage writes it: the weights and the spec they belong
+    to (``pipeline.model_io`` reads and writes both)."""
+
+    weights: Path
+    config: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> ModelFiles:
+        return cls(directory / "model.safetensors", directory / "model_config.json")
+
+
+@dataclass(frozen=True)
 class Paths:
     root: Path = Path(".")
 
-    # prepare
+    # ------------------------------------------------------------------ prepare
     @property
     def prepared_dir(self) -> Path:
         return self.root / "data" / "prepared"
@@ -29,6 +43,11 @@ class Paths:
         return self.prepared_dir / "stats.json"
 
     @property
+    def word_categories(self) -> Path:
+        """The part of speech of every word the corpus source knows (the routing analysis)."""
+        return self.prepared_dir / "word_categories.json"
+
+    @property
     def prepare_run(self) -> Path:
         return self.prepared_dir / "run.json"
 
@@ -36,10 +55,17 @@ class Paths:
     def benchmarks_dir(self) -> Path:
         return self.root / "data" / "benchmarks"
 
-    # tokenize
+    def benchmark(self, task: str) -> Path:
+        return self.benchmarks_dir / f"{task}.jsonl"
+
+    # ------------------------------------------------------------------ tokenize
     @property
     def tokenizer_dir(self) -> Path:
         return self.root / "data" / "tokenizer"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.json"
 
     @property
     def tokens_dir(self) -> Path:
@@ -56,7 +82,49 @@ class Paths:
     def tokenize_metrics(self) -> Path:
         return self.root / "metrics" / "tokenize.json"
 
-    # evaluate
+    # ------------------------------------------------------------------ train
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def model_files(self) -> ModelFiles:
+        return ModelFiles.in_dir(self.models_dir)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """One directory per training run (``checkpoint_dir``), kept between ``dvc repro`` runs."""
+        return self.models_dir / "checkpoints"
+
+    def checkpoint_dir(self, run_key: str) -> Path:
+        return self.checkpoints_dir / run_key
+
+    def last_checkpoint(self, run_key: str) -> Path:
+        return self.checkpoint_dir(run_key) / "last.ckpt"
+
+    @property
+    def train_run(self) -> Path:
+        return self.models_dir / "run.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.root / "metrics" / "train.json"
+
+    @property
+    def train_plots_dir(self) -> Path:
+        return self.root / "plots" / "train"
+
+    # ------------------------------------------------------------------ export
+    @property
+    def hf_dir(self) -> Path:
+        """The Hugging Face model directory; the card stage adds its README.md and plots."""
+        return self.models_dir / "hf"
+
+    @property
+    def export_run(self) -> Path:
+        return self.models_dir / "export_run.json"
+
+    # ------------------------------------------------------------------ evaluate
     @property
     def eval_metrics(self) -> Path:
         return self.root / "metrics" / "eval.json"
@@ -72,3 +140,20 @@ class Paths:
     @property
     def eval_run(self) -> Path:
         return self.root / "metrics" / "eval_run.json"
+
+    # ------------------------------------------------------------------ card
+    @property
+    def card(self) -> Path:
+        return self.hf_dir / "README.md"
+
+    @property
+    def card_plots_dir(self) -> Path:
+        return self.hf_dir / "plots"
+
+    @property
+    def card_run(self) -> Path:
+        return self.models_dir / "card_run.json"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"

@@ -23,9 +23,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pipeline.config import Params
+from pipeline.config import Params, flatten_keys
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json
 
@@ -100,18 +99,6 @@ def pip_freeze() -> str:
     return "\n".join(sorted(names, key=str.lower)) + "\n"
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params to ``a.b.c`` keys with string values, as MLflow params need."""
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
-
-
 @dataclass
 class StageRun:
     """A live MLflow run of one stage; thin wrapper so stages need not touch the client."""
@@ -158,8 +145,8 @@ def _start(stage: str, params: Params, tags: dict[str, str]) -> StageRun:
     exp_name = os.environ.get("DVC_EXP_NAME")
     run_name = f"{stage}-{exp_name}" if exp_name else stage
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    flat = flatten(params.model_dump(mode="json"))
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sorted(flat.items())])
+    flat = flatten_keys(params.model_dump(mode="json"))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(flat.items())])
     return StageRun(run.info.run_id, experiment_id, uri)
 
 

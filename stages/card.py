@@ -21,13 +21,12 @@ from pathlib import Path
 import yaml
 
 from evaluation.card import CardInputs, render_card
-from evaluation.load import read_model_config
 from pipeline.config import Params, load_params
-from pipeline.export.hf_dir import EXPORT_SUBDIR, verify_export
+from pipeline.export.hf_dir import verify_export
 from pipeline.io import atomic_path, read_json, write_text
+from pipeline.model_io import read_model_config
 from pipeline.paths import Paths
 from pipeline.tracking import git_state, stage_run
-from pipeline.train.outputs import TrainFiles
 from stages.common import require, run_main
 
 log = logging.getLogger("stages.card")
@@ -36,23 +35,12 @@ LOCKED_STAGES = ("prepare", "tokenize", "train", "export", "evaluate")
 PACKAGES = ("torch", "lightning", "transformers", "lm_eval", "huggingface_hub")
 
 
-def card_paths(paths: Paths) -> dict[str, Path]:
-    models = TrainFiles.from_paths(paths).models_dir
-    return {
-        "dir": models / EXPORT_SUBDIR,
-        "export_run": models / "export_run.json",
-        "run_file": models / "card_run.json",
-        "lock": paths.root / "dvc.lock",
-    }
-
-
 def upstream_runs(paths: Paths) -> dict[str, Path]:
-    files = TrainFiles.from_paths(paths)
     return {
         "prepare": require(paths.prepare_run, "prepare"),
         "tokenize": require(paths.tokenize_run, "tokenize"),
-        "train": require(files.run_file, "train"),
-        "export": require(card_paths(paths)["export_run"], "export"),
+        "train": require(paths.train_run, "train"),
+        "export": require(paths.export_run, "export"),
         "evaluate": require(paths.eval_run, "evaluate"),
     }
 
@@ -82,43 +70,41 @@ def environment(train_metrics: dict) -> dict[str, str]:
     return versions
 
 
-def copy_plots(paths: Paths, out_dir: Path) -> list[str]:
-    """The routing PNGs into ``out_dir/plots/``; returns their paths relative to ``out_dir``."""
-    target = out_dir / "plots"
+def copy_plots(paths: Paths) -> list[str]:
+    """The routing PNGs into the model directory's ``plots/``; returns their paths relative to
+    the model directory."""
+    target = paths.card_plots_dir
     shutil.rmtree(target, ignore_errors=True)  # plots of a model with more layers than this one
     copied = []
     for png in sorted(paths.eval_plots_dir.rglob("*.png")):
         relative = png.relative_to(paths.eval_plots_dir)
         with atomic_path(target / relative) as tmp:
             shutil.copyfile(png, tmp)
-        copied.append(f"plots/{relative.as_posix()}")
+        copied.append(target.joinpath(relative).relative_to(paths.hf_dir).as_posix())
     return copied
 
 
 def run(params: Params, paths: Paths, runs: dict[str, str]) -> Path:
     """Write ``README.md`` and the plots into the export directory; return the README path."""
-    where = card_paths(paths)
-    files = TrainFiles.from_paths(paths)
-    model, vocab_size = read_model_config(files.models_dir)
-    train_metrics = read_json(require(files.metrics_file, "train"))
+    model, vocab_size = read_model_config(paths.model_files)
+    train_metrics = read_json(require(paths.train_metrics, "train"))
     inputs = CardInputs(
         params=params,
         model=model,
         vocab_size=vocab_size,
-        hf_config=verify_export(where["dir"]),
+        hf_config=verify_export(paths.hf_dir),
         eval_metrics=read_json(require(paths.eval_metrics, "evaluate")),
         train_metrics=train_metrics,
         prepare_stats=read_json(require(paths.prepare_stats, "prepare")),
         tokenize_metrics=read_json(require(paths.tokenize_metrics, "tokenize")),
         runs=runs,
-        lock=read_lock(where["lock"]),
+        lock=read_lock(paths.dvc_lock),
         git=git_state(),
         environment=environment(train_metrics),
-        plots=copy_plots(paths, where["dir"]),
+        plots=copy_plots(paths),
     )
-    readme = where["dir"] / "README.md"
-    write_text(readme, render_card(inputs).content)
-    return readme
+    write_text(paths.card, render_card(inputs).content)
+    return paths.card
 
 
 def main() -> None:
@@ -126,11 +112,11 @@ def main() -> None:
     paths = Paths()
     upstream = upstream_runs(paths)
     runs = {stage: read_json(path)["run_id"] for stage, path in upstream.items()}
-    with stage_run("card", params, {}, upstream, card_paths(paths)["run_file"]) as tracked:
+    with stage_run("card", params, {}, upstream, paths.card_run) as tracked:
         readme = run(params, paths, {**runs, "card": tracked.run_id})
         tracked.log_artifact(readme, "model_card")
-        for png in sorted((readme.parent / "plots").rglob("*.png")):
-            folder = png.parent.relative_to(readme.parent).as_posix()
+        for png in sorted(paths.card_plots_dir.rglob("*.png")):
+            folder = png.parent.relative_to(paths.hf_dir).as_posix()
             tracked.log_artifact(png, f"model_card/{folder}")
     log.info("model card: %s", readme)
 

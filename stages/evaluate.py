@@ -1,7 +1,8 @@
 """DVC stage ``evaluate``: score the trained model.
 
 ``python -m stages.evaluate`` reads ``models/`` (weights, config, run id), ``data/tokenizer``,
-``data/tokens/{validation,test}.bin`` and ``data/benchmarks/*.jsonl``, and writes
+``data/tokens/{validation,test}.bin``, ``data/benchmarks/*.jsonl`` and
+``data/prepared/word_categories.json``, and writes
 ``metrics/eval.json`` (stable flat keys for ``dvc metrics diff``), ``metrics/generations.json``
 and ``plots/eval/`` (routing heatmaps and their data). The scores go to a new MLflow run of its
 own (lineage: the train, tokenize and prepare runs) and, as ``eval/...`` metrics, into the train
@@ -21,22 +22,20 @@ from tokenizers import Tokenizer
 
 from evaluation.generation import generations_markdown, sample_generations
 from evaluation.harness import run_harness
+from evaluation.hf_lm import load_hf_lm
 from evaluation.lm_adapter import NativeLM
-from evaluation.load import load_hf_lm, load_model
 from evaluation.perplexity import perplexity
 from evaluation.routing import analyse_routing
 from evaluation.token_bytes import token_byte_lengths, token_bytes
 from pipeline.config import EvaluateConfig, Params, load_params
 from pipeline.data.shards import open_tokens, read_header
-from pipeline.data.synthetic import word_categories
-from pipeline.data.tokenizer import TOKENIZER_FILE
+from pipeline.data.word_categories import read_word_categories
 from pipeline.errors import PipelineError
-from pipeline.export.hf_dir import EXPORT_SUBDIR
 from pipeline.io import read_json, sha256_file, write_json, write_text
 from pipeline.model import MoETransformer
+from pipeline.model_io import load_model
 from pipeline.paths import Paths
 from pipeline.tracking import stage_run, tracking_uri
-from pipeline.train.outputs import TrainFiles
 from stages.common import require, run_main
 
 log = logging.getLogger("stages.evaluate")
@@ -48,11 +47,11 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def harness_model(params: Params, files: TrainFiles, lm: NativeLM, device: torch.device):
+def harness_model(params: Params, paths: Paths, lm: NativeLM, device: torch.device):
     """The lm-eval model: the native adapter, or the Hugging Face export through ``HFLM``."""
     if params.evaluate.model == "native":
         return lm
-    return load_hf_lm(files.models_dir / EXPORT_SUBDIR, params.evaluate.batch_size, device)
+    return load_hf_lm(paths.hf_dir, params.evaluate.batch_size, device)
 
 
 @dataclass
@@ -69,11 +68,11 @@ class Loaded:
         return self.model.cfg.max_seq_len
 
 
-def load(paths: Paths, files: TrainFiles) -> Loaded:
+def load(paths: Paths) -> Loaded:
     device = pick_device()
-    model = load_model(files.models_dir, device)
+    model = load_model(paths.model_files, device)
     cfg = model.cfg
-    tokenizer = Tokenizer.from_file(str(paths.tokenizer_dir / TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(paths.tokenizer_file))
     if tokenizer.get_vocab_size() != model.vocab_size:
         raise PipelineError(
             f"{paths.tokenizer_dir}: vocabulary of {tokenizer.get_vocab_size()} tokens, but the "
@@ -82,7 +81,7 @@ def load(paths: Paths, files: TrainFiles) -> Loaded:
     counts = model.num_params()
     log.info(
         "evaluating %s: %d layers, %d experts (%s router), %.2fM params (%.2fM active) on %s",
-        files.weights,
+        paths.model_files.weights,
         cfg.n_layers,
         cfg.moe.num_experts,
         cfg.moe.router,
@@ -118,7 +117,7 @@ def routing(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, float]:
         ev.model,
         tokens,
         token_bytes(ev.tokenizer),
-        word_categories(),
+        read_word_categories(paths.word_categories),
         ev.window,
         cfg.routing_max_tokens,
         cfg.batch_size,
@@ -132,11 +131,10 @@ def run(params: Params, paths: Paths) -> dict[str, float]:
     """Evaluate; write ``metrics/eval.json``, the generations and the plots; return the metrics."""
     cfg = params.evaluate
     started = time.perf_counter()
-    files = TrainFiles.from_paths(paths)
-    ev = load(paths, files)
+    ev = load(paths)
     eot_id = read_header(paths.tokens("test")).eot_id
     lm = NativeLM(ev.model, ev.tokenizer, eot_id, ev.window, cfg.batch_size, params.seed)
-    evaluator = harness_model(params, files, lm, ev.device)  # before the long work: fail early
+    evaluator = harness_model(params, paths, lm, ev.device)  # before the long work: fail early
 
     metrics = perplexities(ev, paths, cfg)
     metrics.update(routing(ev, paths, cfg))
@@ -188,20 +186,18 @@ def log_into_model_run(run_id: str, scores: dict[str, float]) -> None:
 def main() -> None:
     params = load_params()
     paths = Paths()
-    files = TrainFiles.from_paths(paths)
     inputs = {
-        "model": sha256_file(require(files.weights, "train")),
+        "model": sha256_file(require(paths.model_files.weights, "train")),
         "validation_tokens": read_header(paths.tokens("validation")).sha256,
         "test_tokens": read_header(paths.tokens("test")).sha256,
+        "word_categories": sha256_file(require(paths.word_categories, "prepare")),
         **{
-            f"benchmark.{task}": sha256_file(
-                require(paths.benchmarks_dir / f"{task}.jsonl", "prepare")
-            )
+            f"benchmark.{task}": sha256_file(require(paths.benchmark(task), "prepare"))
             for task in params.evaluate.tasks
         },
     }
     upstream = {
-        "train": require(files.run_file, "train"),
+        "train": require(paths.train_run, "train"),
         "tokenize": require(paths.tokenize_run, "tokenize"),
         "prepare": require(paths.prepare_run, "prepare"),  # the benchmark items
     }
@@ -214,7 +210,7 @@ def main() -> None:
         for artifact in (paths.eval_metrics, paths.eval_generations):
             tracked.log_artifact(artifact)
         tracked.log_artifact(paths.eval_plots_dir / "generations.md")
-        log_into_model_run(read_json(files.run_file)["run_id"], headline(metrics))
+        log_into_model_run(read_json(paths.train_run)["run_id"], headline(metrics))
 
 
 if __name__ == "__main__":

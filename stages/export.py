@@ -11,34 +11,22 @@ which makes ``models/hf/`` a complete model repository.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from evaluation.load import load_model
 from pipeline.config import Params, load_params
-from pipeline.data.tokenizer import TOKENIZER_FILE
-from pipeline.export.hf_dir import EXPORT_SUBDIR, FILES, WEIGHTS, write_export
+from pipeline.export.hf_dir import FILES, WEIGHTS, write_export
 from pipeline.io import sha256_file
+from pipeline.model_io import load_model
 from pipeline.paths import Paths
 from pipeline.tracking import stage_run
-from pipeline.train.outputs import TrainFiles
 from stages.common import require, run_main
 
 log = logging.getLogger("stages.export")
 
 
-def export_dir(paths: Paths) -> Path:
-    return TrainFiles.from_paths(paths).models_dir / EXPORT_SUBDIR
-
-
-def run_file(paths: Paths) -> Path:
-    return TrainFiles.from_paths(paths).models_dir / "export_run.json"
-
-
 def run(params: Params, paths: Paths) -> dict[str, float]:
     """Export; return the size of what was written."""
-    files = TrainFiles.from_paths(paths)
-    model = load_model(files.models_dir)
-    out = export_dir(paths)
+    model = load_model(paths.model_files)
+    out = paths.hf_dir
     write_export(model, paths.tokenizer_dir, out, params.card.export_dtype)
     size = (out / WEIGHTS).stat().st_size
     log.info("exported %s (%s, %.1f MB of weights)", out, params.card.export_dtype, size / 1e6)
@@ -51,19 +39,18 @@ def run(params: Params, paths: Paths) -> dict[str, float]:
 def main() -> None:
     params = load_params()
     paths = Paths()
-    files = TrainFiles.from_paths(paths)
     inputs = {
-        "model": sha256_file(require(files.weights, "train")),
-        "tokenizer": sha256_file(require(paths.tokenizer_dir / TOKENIZER_FILE, "tokenize")),
+        "model": sha256_file(require(paths.model_files.weights, "train")),
+        "tokenizer": sha256_file(require(paths.tokenizer_file, "tokenize")),
     }
     upstream = {
-        "train": require(files.run_file, "train"),
+        "train": require(paths.train_run, "train"),
         "tokenize": require(paths.tokenize_run, "tokenize"),
     }
-    with stage_run("export", params, inputs, upstream, run_file(paths)) as tracked:
+    with stage_run("export", params, inputs, upstream, paths.export_run) as tracked:
         metrics = run(params, paths)
         tracked.log_metrics(metrics)
-        out = export_dir(paths)
+        out = paths.hf_dir
         tracked.set_tags({f"output.{name}.sha256": sha256_file(out / name) for name in FILES})
         for name in FILES:
             if name != WEIGHTS:  # the weights are DVC's to store, not the tracking server's

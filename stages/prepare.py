@@ -1,4 +1,5 @@
-"""DVC stage ``prepare``: raw documents → cleaned train/validation/test Parquet + benchmark items.
+"""DVC stage ``prepare``: raw documents → cleaned train/validation/test Parquet, benchmark items,
+and the word categories the routing analysis labels tokens with.
 
 ``python -m stages.prepare`` (run from the repository root, as DVC does).
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 
 from pipeline.config import Params, load_params
 from pipeline.data.corpus import write_splits
 from pipeline.data.sources import iter_documents
+from pipeline.data.synthetic import WORD_PATTERN, generate_benchmarks, word_categories
+from pipeline.data.word_categories import WordCategories, write_word_categories
 from pipeline.io import atomic_path, sha256_file, write_json
 from pipeline.paths import SPLITS, Paths
 from pipeline.tracking import stage_run
@@ -21,16 +23,20 @@ from stages.common import run_main
 log = logging.getLogger("stages.prepare")
 
 
-def write_benchmarks(seed: int, n_items: int, out_dir: Path) -> dict[str, int]:
+def write_benchmarks(seed: int, n_items: int, paths: Paths) -> dict[str, int]:
     """Held-out items with known answers, one JSONL file per task (lm-eval ``json`` datasets)."""
-    from pipeline.data.synthetic import generate_benchmarks
-
     counts = {}
     for task, items in generate_benchmarks(seed, n_items).items():
-        with atomic_path(out_dir / f"{task}.jsonl") as tmp:
+        with atomic_path(paths.benchmark(task)) as tmp:
             tmp.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in items))
         counts[task] = len(items)
     return counts
+
+
+def source_word_categories(params: Params) -> WordCategories:
+    """Every word's category where the source knows it (the synthetic generator), else none."""
+    words = word_categories() if params.prepare.source == "synthetic" else {}
+    return WordCategories(WORD_PATTERN, words)
 
 
 def source_inputs(params: Params) -> dict[str, str]:
@@ -52,8 +58,9 @@ def run(params: Params, paths: Paths) -> dict:
         documents, params.prepare, {split: paths.parquet(split) for split in SPLITS}
     )
     stats["benchmark_items"] = write_benchmarks(
-        params.seed, params.prepare.synthetic.benchmark_items, paths.benchmarks_dir
+        params.seed, params.prepare.synthetic.benchmark_items, paths
     )
+    write_word_categories(paths.word_categories, source_word_categories(params))
     write_json(paths.prepare_stats, stats)
     for split in SPLITS:
         s = stats["splits"][split]

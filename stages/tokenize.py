@@ -13,7 +13,7 @@ import time
 from tokenizers import Tokenizer
 
 from pipeline.config import Params, load_params
-from pipeline.data.tokenizer import TOKENIZER_FILE, encode_split, save_tokenizer, train_tokenizer
+from pipeline.data.tokenizer import encode_split, save_tokenizer, train_tokenizer
 from pipeline.io import sha256_file, write_json
 from pipeline.paths import SPLITS, Paths
 from pipeline.tracking import stage_run
@@ -31,7 +31,7 @@ def run(params: Params, paths: Paths) -> dict:
     train_s = time.perf_counter() - start
     log.info("trained BPE: vocab %d in %.1f s", tokenizer.get_vocab_size(), train_s)
     # Encode with the tokenizer as saved, so the shards match what evaluation will load.
-    tokenizer = Tokenizer.from_file(str(paths.tokenizer_dir / TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(paths.tokenizer_file))
     metrics: dict = {"vocab_size": tokenizer.get_vocab_size(), "train_tokenizer_s": train_s}
     total_bytes = total_tokens = 0
     encode_start = time.perf_counter()
@@ -75,7 +75,7 @@ def main() -> None:
                 **{f"{s}_bytes_per_token": metrics[s]["bytes_per_token"] for s in SPLITS},
             }
         )
-        tracked.log_artifact(paths.tokenizer_dir / TOKENIZER_FILE, "tokenizer")
+        tracked.log_artifact(paths.tokenizer_file, "tokenizer")
         tracked.log_artifact(paths.tokenize_metrics)
 
 

@@ -44,6 +44,38 @@ def _interpret_triton_without_cuda() -> None:
 _interpret_triton_without_cuda()
 
 
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cpu", id="cpu"),
+        pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+    ]
+)
+def triton_device(request):
+    """Where Triton kernels run in this test: CPU tensors under the interpreter, and CUDA
+    (``gpu``-marked) where a GPU is present; the CPU case skips when the kernels are compiled
+    for a GPU (they cannot take CPU tensors then)."""
+    import torch
+
+    if request.param == "cpu" and not TRITON_INTERPRET:
+        pytest.skip("kernels are compiled for the GPU here; CPU runs need TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes gain nothing from threads (and on a shared 2-core machine an OpenMP barrier
+    waiting for a descheduled thread stalls each op by ~100 ms); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for one test (never the repository's mlflow.db)."""
@@ -115,6 +147,12 @@ def merge(base: dict, override: dict) -> dict:
         both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = merge(out[key], value) if both_dicts else value
     return out
+
+
+@pytest.fixture
+def merge_params() -> Callable[[dict, dict], dict]:
+    """:func:`merge`, for test modules (they cannot import conftest)."""
+    return merge
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, load_params, parse_params
+from pipeline.config import ConfigError, Params, flatten_keys, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,17 @@ def test_repository_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
     assert params.prepare.source == "synthetic"
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((REPO / "examples").rglob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_presets_are_valid_params(default_data, preset, merge_params):
+    """Every params file under examples/ is valid once merged into params.yaml (as ``dvc exp run
+    -S`` would apply it; the expert-parallel ones need a multiple of their EP in experts)."""
+    merged = merge_params(default_data, yaml.safe_load(preset.read_text()))
+    merged["train"]["model"]["moe"]["num_experts"] = 16
+    parse_params(merged, source=str(preset))
 
 
 def test_unknown_key_names_the_key(default_data):
@@ -98,3 +109,11 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(bad)
+
+
+def test_flatten_keys():
+    assert flatten_keys({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": None,
+    }

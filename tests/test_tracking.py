@@ -95,11 +95,3 @@ def test_default_store_is_the_repo_root_even_inside_a_dvc_temp_copy(monkeypatch,
     inner.mkdir(parents=True)
     monkeypatch.chdir(inner)
     assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}"
-
-
-def test_flatten():
-    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
-        "a.b": "1",
-        "a.c.d": "[1, 2]",
-        "e": "None",
-    }

@@ -19,8 +19,6 @@ from tqdm import tqdm
 from pipeline.config import TokenizeConfig
 from pipeline.data.shards import ShardHeader, ShardWriter
 
-TOKENIZER_FILE = "tokenizer.json"
-
 
 def iter_texts(parquet_path: Path, batch_size: int) -> Iterator[list[str]]:
     """Lists of at most ``batch_size`` texts from a split file, in file order."""

@@ -24,7 +24,7 @@ Checkpoints are written in the hub layout of each architecture (one tensor per e
 ``mlp.experts.<e>.gate_proj.weight`` / ``block_sparse_moe.experts.<e>.w1.weight``), which
 transformers 5 fuses on load and older readers load as is.
 
-Legend: E experts, F expert hidden, D model dim.
+Shapes (``docs/ARCHITECTURE.md``): E experts, F expert hidden, D model dim.
 """
 
 from __future__ import annotations
@@ -169,10 +169,11 @@ def hf_state_dict(model: MoETransformer, dtype: torch.dtype) -> dict[str, torch.
 def _moe_tensors(arch: Architecture, prefix: str, layer: MoELayer) -> dict[str, torch.Tensor]:
     gate, up, down = arch.expert_names
     out = {f"{prefix}.gate.weight": layer.router.weight}
+    experts = layer.experts
     for e in range(layer.cfg.num_experts):
-        out[f"{prefix}.experts.{e}.{gate}.weight"] = layer.w1[e]  # (F, D)
-        out[f"{prefix}.experts.{e}.{up}.weight"] = layer.w3[e]  # (F, D)
-        out[f"{prefix}.experts.{e}.{down}.weight"] = layer.w2[e]  # (D, F)
+        out[f"{prefix}.experts.{e}.{gate}.weight"] = experts.w1[e]  # (F, D)
+        out[f"{prefix}.experts.{e}.{up}.weight"] = experts.w3[e]  # (F, D)
+        out[f"{prefix}.experts.{e}.{down}.weight"] = experts.w2[e]  # (D, F)
     return out
 
 

@@ -30,7 +30,6 @@ from pipeline.export.architectures import ExportError, hf_config, hf_state_dict
 from pipeline.io import sha256_file
 from pipeline.model import MoETransformer
 
-EXPORT_SUBDIR = "hf"  # models/hf: the export directory, beside the native weights
 WEIGHTS = "model.safetensors"
 METADATA_FILES = (
     "config.json",

@@ -87,14 +87,17 @@ def pow2(n: int, floor: int = 1) -> int:
 
 @dataclass(frozen=True)
 class MatmulConfig:
-    block_m: int
-    block_n: int
-    block_k: int
+    """One GEMM tile: ``block_rows × block_cols`` outputs, ``block_inner`` along the contracted
+    dimension per step."""
+
+    block_rows: int
+    block_cols: int
+    block_inner: int
     num_warps: int
     num_stages: int
 
 
-# GPU: 128-row tiles, 64-wide K steps, bf16 operands (a SwiGLU forward tile holds two
+# GPU: 128-row tiles, 64-wide steps along the contracted dim, bf16 operands (a SwiGLU forward tile holds two
 # accumulators, hence its narrower N). Interpreter: one 64-cube tile covers the test shapes.
 GPU_MM = {
     "rows": MatmulConfig(128, 128, 64, num_warps=8, num_stages=3),

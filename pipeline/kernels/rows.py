@@ -9,7 +9,7 @@ Three kernels, each the other's backward, all driven by ``row_TK`` (-1 = no row)
   this gather form is the deterministic mode, and the only one offered.
 - ``row_dot``: ``out[t, k] = <a[t], src[row[t, k]]>`` (the gradient of the weights).
 
-Legend: T tokens, K slots, S grouped rows, D row width.
+Shapes (``docs/ARCHITECTURE.md``): T tokens, K slots, S grouped rows, D row width.
 """
 
 from __future__ import annotations

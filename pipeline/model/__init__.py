@@ -1,12 +1,17 @@
-"""The MoE transformer in pure PyTorch: layers, routers, router losses and the MoE layer.
+"""The MoE transformer as ``nn.Module``s: dense layers, the MoE layer and its named parts.
 
-Expert compute is delegated to a backend from :mod:`pipeline.ops` (chosen by
-``train.model.moe.backend``); nothing here depends on which one runs.
+``moe`` (the layer: router → capacity → dispatch → experts → combine), ``router``,
+``capacity``, ``dispatch`` (local and expert-parallel), ``experts``, ``losses``,
+``routing_stats``, ``backends`` (which implementation runs: the one ``auto`` rule),
+``layers`` (norm, rotary, attention, dense MLP) and ``transformer``. The arithmetic lives in
+:mod:`pipeline.ops` (and the Triton kernels under it, :mod:`pipeline.kernels`); nothing here
+depends on which backend runs it.
 """
 
 from pipeline.model.layers import MLP, Attention, RMSNorm, RotaryEmbedding
-from pipeline.model.moe import MoELayer, RouterStats
-from pipeline.model.router import Router, Routing, build_router, expert_capacity
+from pipeline.model.moe import MoELayer
+from pipeline.model.router import Router, Routing, build_router
+from pipeline.model.routing_stats import RouterStats
 from pipeline.model.transformer import ModelOutput, MoETransformer, is_moe_layer
 
 __all__ = [
@@ -21,6 +26,5 @@ __all__ = [
     "RouterStats",
     "Routing",
     "build_router",
-    "expert_capacity",
     "is_moe_layer",
 ]

@@ -3,7 +3,8 @@
 Conventions follow HF Llama/Mixtral (rotate-half rotary, ``q_proj/k_proj/v_proj/o_proj``,
 ``w1/w2/w3``) so that the export to transformers is a renaming, not a permutation.
 
-Legend: B batch, L sequence length, D model dim, H query heads, G key/value heads, Dh head dim.
+Shapes (``docs/ARCHITECTURE.md``): B batch, L sequence length, D model dim, H query heads,
+G key/value heads, Dh head dim, R rotary frequencies (Dh / 2).
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ class Attention(nn.Module):
         return self.o_proj(y_BHLDh.transpose(1, 2).reshape(b, length, -1))
 
     @staticmethod
-    def _heads(norm: nn.Module, x_BLX: torch.Tensor, n: int) -> torch.Tensor:
-        b, length, _ = x_BLX.shape
-        return norm(x_BLX.view(b, length, n, -1)).transpose(1, 2)
+    def _heads(norm: nn.Module, proj: torch.Tensor, n: int) -> torch.Tensor:
+        """``proj`` (B, L, n·Dh) → normalised heads (B, n, L, Dh)."""
+        b, length, _ = proj.shape
+        return norm(proj.view(b, length, n, -1)).transpose(1, 2)
 
 
 class MLP(nn.Module):

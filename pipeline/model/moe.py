@@ -1,32 +1,35 @@
-"""The mixture-of-experts feed-forward layer: router → capacity → experts (a backend) → combine.
+"""The mixture-of-experts feed-forward layer, in the order it runs:
 
-Routing (:mod:`pipeline.model.router`) decides ``(weights[T, K], expert_ids[T, K])``; capacity
-dropping marks overflowing assignments as empty slots (id -1); a backend from
-:mod:`pipeline.ops` runs dispatch, the SwiGLU experts and the weighted combine without knowing
-how the routing was decided. Shared experts (always on) are added to every token's output.
+    router → capacity → dispatch → experts → combine (+ shared experts)
 
-Capacity (``capacity_factor`` not null) applies to token-choice routers in training only: in
-eval mode the layer is dropless, so evaluation and generation stay causal and independent of
-what else is in the batch. A dropped assignment contributes nothing; the token still passes
-through the residual connection (and the shared experts).
+- router (:mod:`pipeline.model.router`): ``(weights[T, K], expert_ids[T, K])`` plus the sums the
+  losses and statistics need;
+- capacity (:mod:`pipeline.model.capacity`): in training, assignments over an expert's capacity
+  become empty slots (id -1);
+- dispatch and combine (:mod:`pipeline.model.dispatch`): token rows grouped by expert (on this
+  rank, or across an expert-parallel group by all-to-all) and the outputs summed back per token;
+- experts (:mod:`pipeline.model.experts`): the SwiGLU of each grouped row;
+- shared experts (always on) are added to every token's output.
+
+Which implementation runs each role is the runtime ``backend`` (:mod:`pipeline.model.backends`),
+resolved per call from the activations' device; the layer never branches on it.
 
 Loss granularity (why the losses are means, and what is exact under micro-batching): see
 :mod:`pipeline.model.losses`.
 
-Distributed runs. ``stats_group`` (set by the trainer to the whole data-parallel world) sums the
-expert counts over its ranks before the Switch loss and the logged statistics use them, so both
-describe the global micro-batch: the same numbers whatever the parallel layout (the mean of the
-ranks' losses ``E·Σ f_global·P_rank`` is exactly the single-process loss, as every rank holds
-the same number of tokens). ``expert_shard`` (expert parallelism) makes ``w1, w3, w2`` hold
-only this rank's experts and sends tokens to them by all-to-all
-(:mod:`pipeline.parallel.expert`).
+Distributed runs. ``stats_group`` (set by :mod:`pipeline.parallel.setup` to the whole
+data-parallel world) sums the expert counts over its ranks before the Switch loss and the logged
+statistics use them, so both describe the global micro-batch: the same numbers whatever the
+parallel layout (the mean of the ranks' losses ``E·Σ f_global·P_rank`` is exactly the
+single-process loss, as every rank holds the same number of tokens). Expert parallelism swaps
+``dispatcher`` for an :class:`~pipeline.model.dispatch.AllToAllDispatcher` and keeps only this
+rank's experts in ``experts``.
 
-Legend: B batch, L sequence length, T = B·L tokens, K slots, E experts, D model, F expert hidden.
+Shapes (``docs/ARCHITECTURE.md``): B batch, L sequence length, T = B·L tokens, K slots,
+E experts, D model dim, F expert hidden.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -34,63 +37,41 @@ import torch.nn as nn
 
 from pipeline.config import MoEConfig
 from pipeline.model import losses
+from pipeline.model.backends import check_backend, resolve_backend
+from pipeline.model.capacity import capacity_keep_mask, expert_capacity
+from pipeline.model.dispatch import LocalDispatcher, TokenDispatcher
+from pipeline.model.experts import GroupedExperts, swiglu_experts
 from pipeline.model.layers import MLP
-from pipeline.model.router import Routing, build_router, expert_capacity
-from pipeline.ops import get_backend
-from pipeline.parallel.expert import ExpertShard, expert_parallel_experts
-
-
-@dataclass
-class RouterStats:
-    """Detached per-layer statistics of one forward, for logging.
-
-    ``load (E,)``: fraction of the router's assignments per expert (before capacity drops).
-    ``mean_prob (E,)``: mean router probability per expert.
-    ``dropped_fraction``: token choice: fraction of assignments dropped by capacity;
-    expert choice: fraction of tokens no expert picked.
-    ``entropy``: mean router entropy in nats (ln E = uniform).
-    ``counts (E,)``: assignments per expert (before capacity drops).
-    ``losses``: the unweighted router losses by name (``load_balance``, ``z_loss``,
-    ``seq_balance``).
-    """
-
-    load: torch.Tensor
-    mean_prob: torch.Tensor
-    dropped_fraction: torch.Tensor
-    entropy: torch.Tensor
-    counts: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+from pipeline.model.router import Routing, build_router
+from pipeline.model.routing_stats import RouterStats, router_entropy
 
 
 class MoELayer(nn.Module):
-    """Routed SwiGLU experts (stacked weights ``w1, w3 (E, F, D)``, ``w2 (E, D, F)``) plus
-    optional shared experts (one dense SwiGLU of ``num_shared_experts · expert_hidden``, which
-    equals the sum of that many separate experts)."""
+    """Routed SwiGLU experts plus optional shared experts (one dense SwiGLU of
+    ``num_shared_experts · expert_hidden``, which equals the sum of that many separate
+    experts). ``backend`` is the requested runtime backend (``auto`` resolves per call)."""
 
-    def __init__(self, d_model: int, cfg: MoEConfig):
+    def __init__(self, d_model: int, cfg: MoEConfig, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
-        e, f = cfg.num_experts, cfg.expert_hidden
+        self.backend = check_backend(backend)
+        # Registered before the router: MoETransformer initialises parameters in registration
+        # order from one RNG stream, and this order is the one every checkpoint was drawn in.
+        self.experts = GroupedExperts(cfg.num_experts, d_model, cfg.expert_hidden)
         self.router = build_router(d_model, cfg)
-        self.w1 = nn.Parameter(torch.empty(e, f, d_model))
-        self.w3 = nn.Parameter(torch.empty(e, f, d_model))
-        self.w2 = nn.Parameter(torch.empty(e, d_model, f))
         shared = cfg.num_shared_experts * cfg.expert_hidden
         self.shared = MLP(d_model, shared) if shared else None
-        self.backend = get_backend(cfg.backend)
+        self.dispatcher: TokenDispatcher = LocalDispatcher(cfg.num_experts)
         self.stats_group: dist.ProcessGroup | None = None
-        self.expert_shard: ExpertShard | None = None
-
-    def params_per_expert(self) -> int:
-        return self.w1[0].numel() + self.w3[0].numel() + self.w2[0].numel()
 
     def forward(self, x_BLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
         """Returns the output, the weighted sum of this layer's router losses, and its stats."""
         batch, length, d = x_BLD.shape
         x_TD = x_BLD.reshape(-1, d)
-        routing = self.router(x_TD)
+        backend = resolve_backend(self.backend, x_TD.device)
+        routing = self.router(x_TD, fused=backend == "triton")
         weights_TK, ids_TK, dropped = self._apply_capacity(routing)
-        y_TD = self._experts(x_TD, weights_TK, ids_TK)
+        y_TD = self._routed(x_TD, weights_TK, ids_TK, backend)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         stats = self._stats(routing, dropped)
@@ -115,27 +96,29 @@ class MoELayer(nn.Module):
             ids_TK.shape[0], ids_TK.shape[1], self.cfg.num_experts, self.cfg.capacity_factor
         )
         scores_TK = r.probs_TE.detach().gather(1, ids_TK)
-        keep = losses.capacity_keep_mask(scores_TK, ids_TK, capacity, self.cfg.drop_policy)
+        keep = capacity_keep_mask(scores_TK, ids_TK, capacity, self.cfg.drop_policy)
         weights_TK = torch.where(keep, r.weights_TK, 0.0)
         return weights_TK, torch.where(keep, ids_TK, -1), 1.0 - keep.float().mean()
 
-    def _experts(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, ids_TK: torch.Tensor):
-        """Run the backend in the autocast dtype (if any) with autocast off: backends cast
-        explicitly, and custom grouped GEMMs are not autocast-aware."""
+    def _routed(self, x_TD, weights_TK, ids_TK, backend: str) -> torch.Tensor:
+        """dispatch → experts → combine, in the autocast dtype (if any) with autocast off: the
+        ops cast explicitly, and custom grouped GEMMs are not autocast-aware."""
         device = x_TD.device.type
         dtype = (
             torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x_TD.dtype
         )
         with torch.autocast(device, enabled=False):
-            args = (x_TD.to(dtype), weights_TK, ids_TK, self.w1, self.w3, self.w2)
-            if self.expert_shard is None:
-                return self.backend(*args)
-            return expert_parallel_experts(self.backend, *args, self.expert_shard)
+            e = self.experts
+            y_TD = routed_experts(
+                self.dispatcher, x_TD.to(dtype), weights_TK, ids_TK, e.w1, e.w3, e.w2, backend
+            )
+            return y_TD.to(dtype)
 
     def _losses(self, r: Routing, batch: int, counts_E: torch.Tensor) -> dict[str, torch.Tensor]:
+        num_tokens = r.logits_TE.shape[0]
         return {
-            "load_balance": losses.load_balance_loss(r.expert_ids_TK, r.probs_TE, counts_E),
-            "z_loss": losses.z_loss(r.logits_TE),
+            "load_balance": losses.load_balance_loss(counts_E, r.prob_sum_E, num_tokens),
+            "z_loss": losses.z_loss(r.z_sum, num_tokens),
             "seq_balance": losses.seq_balance_loss(r.expert_ids_TK, r.probs_TE, batch),
         }
 
@@ -143,10 +126,9 @@ class MoELayer(nn.Module):
     def _stats(self, r: Routing, dropped: torch.Tensor) -> RouterStats:
         """Counts summed, the other statistics averaged over ``stats_group`` (one collective)."""
         e = self.cfg.num_experts
-        counts_E = losses.expert_counts(r.expert_ids_TK, e)
-        means = torch.cat(
-            [r.probs_TE.mean(dim=0), losses.router_entropy(r.probs_TE)[None], dropped[None]]
-        ).float()
+        counts_E = r.counts_E
+        mean_prob_E = r.prob_sum_E / r.logits_TE.shape[0]
+        means = torch.cat([mean_prob_E, router_entropy(r.probs_TE)[None], dropped[None]]).float()
         if self.stats_group is not None:
             packed = torch.cat([counts_E, means / dist.get_world_size(self.stats_group)])
             dist.all_reduce(packed, group=self.stats_group)
@@ -158,3 +140,21 @@ class MoELayer(nn.Module):
             entropy=means[e],
             counts=counts_E,
         )
+
+
+def routed_experts(
+    dispatcher: TokenDispatcher,
+    x_TD: torch.Tensor,
+    weights_TK: torch.Tensor,
+    ids_TK: torch.Tensor,
+    w1_EFD: torch.Tensor,
+    w3_EFD: torch.Tensor,
+    w2_EDF: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    """dispatch → experts → combine: ``y[t] = Σ_k weights[t, k] · SwiGLU_{ids[t, k]}(x[t])``,
+    where an id of -1 (an empty slot) contributes nothing. The same function on every backend
+    (``tests/model/test_backends.py`` holds them to the reference, forward and every gradient)."""
+    rows, plan = dispatcher.dispatch(x_TD, weights_TK, ids_TK, backend)
+    out_SD = swiglu_experts(rows, w1_EFD, w3_EFD, w2_EDF)
+    return dispatcher.combine(out_SD, rows, plan)

@@ -16,20 +16,21 @@ small logit differences, and the z-loss squares the logsumexp.
   a warning logged once), so a trained model can still be evaluated and generate text; eval
   routing then differs from training routing, which the evaluation should keep in mind.
 
-Fused path. ``softmax_topk`` and ``sigmoid_bias`` route through the fused Triton kernel
-(:mod:`pipeline.ops.triton_router`: scores, bias, top-k and renormalisation in one launch, its
-own backward) when the MoE backend is ``triton``, or ``auto`` and the logits are on a CUDA
-device with triton installed; otherwise through the PyTorch code below, which stays the default
-and the kernel's test oracle. Both give the same :class:`Routing`.
+Fused path. ``softmax_topk`` and ``sigmoid_bias`` route through the fused Triton op
+(:mod:`pipeline.ops.triton_routing`: scores, bias, top-k, renormalisation and the loss sums in
+one launch, its own backward) when the layer's resolved backend is ``triton``
+(:func:`pipeline.model.backends.resolve_backend`); otherwise through the PyTorch code below,
+which is the kernel's test oracle. Both give the same :class:`Routing`, sums included, so the
+losses and statistics never recompute what the router already counted.
 
-Legend: T tokens, K slots per token, E experts, D model dim.
+Shapes (``docs/ARCHITECTURE.md``): T tokens, K slots per token, E experts, D model dim,
+C tokens an expert-choice expert takes.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,26 +39,48 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import MoEConfig
-from pipeline.model.losses import expert_counts
-from pipeline.ops import triton_available
+from pipeline.model.capacity import expert_capacity
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Routing:
-    """One router call's decisions and what the losses and statistics need.
+    """One router call's decisions and the sums the losses and statistics need.
 
     ``weights_TK`` and ``probs_TE`` carry gradients to the router; ``expert_ids_TK`` holds -1 in
     empty slots (expert-choice routing gives each token between 0 and E experts, so its K is E).
     ``probs_TE`` is the per-token distribution over experts the balance losses use: the softmax,
     or for sigmoid scores the scores normalised to sum to 1 (DeepSeek-V3's ``s'``).
+    ``counts_E`` (float, no gradient): assignments per expert. ``prob_sum_E``: ``Σ_t probs``.
+    ``z_sum`` (0-dim): ``Σ_t logsumexp(logits)²``.
     """
 
     weights_TK: torch.Tensor
     expert_ids_TK: torch.Tensor
     logits_TE: torch.Tensor
     probs_TE: torch.Tensor
+    counts_E: torch.Tensor
+    prob_sum_E: torch.Tensor
+    z_sum: torch.Tensor
+
+
+def expert_counts(ids_TK: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(E,) float number of assignments per expert; empty slots (-1) are not counted."""
+    return torch.bincount(ids_TK.reshape(-1) + 1, minlength=num_experts + 1)[1:].float()
+
+
+def _routing(weights_TK, ids_TK, logits_TE, probs_TE) -> Routing:
+    """A :class:`Routing` with its sums computed in PyTorch (the fused kernel computes its own)."""
+    return Routing(
+        weights_TK,
+        ids_TK,
+        logits_TE,
+        probs_TE,
+        expert_counts(ids_TK, probs_TE.shape[1]),
+        probs_TE.sum(dim=0),
+        logits_TE.logsumexp(dim=-1).square().sum(),
+    )
 
 
 @functools.cache
@@ -65,26 +88,16 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-@functools.cache
-def _announce_fused(router: str, backend: str) -> None:
-    when = "always" if backend == "triton" else "on CUDA tensors (PyTorch otherwise)"
-    log.info("%s router: fused Triton routing kernel %s (backend %r)", router, when, backend)
-
-
 def _fused_route(logits_TE: torch.Tensor, k: int, score: str, renormalize: bool,
-                 bias_E: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """``(weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum)`` from the fused kernel.
+                 bias_E: torch.Tensor | None = None) -> Routing:  # fmt: skip
+    """The fused Triton router's :class:`Routing`. Imported on first call, not at module
+    import: Triton reads ``TRITON_INTERPRET`` when its kernels are defined (:mod:`pipeline.ops`)."""
+    from pipeline.ops.triton_routing import fused_route
 
-    Imported on first call, not at module import: Triton reads ``TRITON_INTERPRET`` when its
-    kernels are defined (see :mod:`pipeline.ops`)."""
-    from pipeline.ops.triton_router import fused_route
-
-    return fused_route(logits_TE, k, score, renormalize, bias_E)
-
-
-def expert_capacity(num_tokens: int, top_k: int, num_experts: int, factor: float) -> int:
-    """Slots per expert: ``ceil(factor · tokens · k / experts)``."""
-    return math.ceil(factor * num_tokens * top_k / num_experts)
+    weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum = fused_route(
+        logits_TE, k, score, renormalize, bias_E
+    )
+    return Routing(weights_TK, ids_TK, logits_TE, probs_TE, counts_E.float(), prob_sum_E, z_sum)
 
 
 class Router(nn.Module):
@@ -96,42 +109,24 @@ class Router(nn.Module):
         self.top_k = cfg.top_k
         self.renormalize = cfg.renormalize
         self.weight = nn.Parameter(torch.empty(cfg.num_experts, d_model))
-        self.backend = cfg.backend
 
-    def forward(self, x_TD: torch.Tensor) -> Routing:
+    def forward(self, x_TD: torch.Tensor, fused: bool = False) -> Routing:
+        """Route ``x_TD``; ``fused`` takes the Triton kernel where the router has one."""
         with torch.autocast(x_TD.device.type, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())
-            return self.route(logits_TE)
+            return self.route(logits_TE, fused)
 
-    def route(self, logits_TE: torch.Tensor) -> Routing:
+    def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
         raise NotImplementedError
-
-    def fused(self, logits_TE: torch.Tensor) -> bool:
-        """Whether this call takes the fused Triton kernel (see the module docstring)."""
-        if self.backend == "triton":
-            return True
-        return self.backend == "auto" and logits_TE.is_cuda and triton_available()
-
-    def _announce(self) -> None:
-        """Say once, at construction, which routing path the backend selects."""
-        if self.backend in ("triton", "auto") and triton_available():
-            _announce_fused(type(self).__name__, self.backend)
 
     def update_bias(self) -> None:
         """Called after each optimizer step; only the aux-loss-free router has state to update."""
 
 
 class SoftmaxTopKRouter(Router):
-    def __init__(self, d_model: int, cfg: MoEConfig):
-        super().__init__(d_model, cfg)
-        self._announce()
-
-    def route(self, logits_TE: torch.Tensor) -> Routing:
-        if self.fused(logits_TE):
-            weights_TK, ids_TK, probs_TE, *_ = _fused_route(
-                logits_TE, self.top_k, "softmax", self.renormalize
-            )
-            return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
+    def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
+        if fused:
+            return _fused_route(logits_TE, self.top_k, "softmax", self.renormalize)
         return _softmax_topk(logits_TE, self.top_k, self.renormalize)
 
 
@@ -140,7 +135,7 @@ def _softmax_topk(logits_TE: torch.Tensor, k: int, renormalize: bool) -> Routing
     weights_TK, ids_TK = probs_TE.topk(k, dim=-1)
     if renormalize:
         weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-    return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
+    return _routing(weights_TK, ids_TK, logits_TE, probs_TE)
 
 
 class SigmoidBiasRouter(Router):
@@ -157,29 +152,31 @@ class SigmoidBiasRouter(Router):
         self.bias_update_rate = cfg.bias_update_rate
         self.register_buffer("expert_bias", torch.zeros(cfg.num_experts))
         self._load_E: torch.Tensor | None = None
-        self._announce()
 
-    def route(self, logits_TE: torch.Tensor) -> Routing:
-        if self.fused(logits_TE):
-            weights_TK, ids_TK, probs_TE, counts_E, *_ = _fused_route(
+    def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
+        if fused:
+            routing = _fused_route(
                 logits_TE, self.top_k, "sigmoid", self.renormalize, self.expert_bias.float()
             )
-            if self.training:
-                self._add_load(counts_E.float())
-            return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
+        else:
+            routing = self._route_sigmoid(logits_TE)
+        if self.training:
+            self._add_load(routing.counts_E)
+        return routing
+
+    def _route_sigmoid(self, logits_TE: torch.Tensor) -> Routing:
         scores_TE = logits_TE.sigmoid()
         ids_TK = (scores_TE.detach() + self.expert_bias).topk(self.top_k, dim=-1).indices
         weights_TK = scores_TE.gather(1, ids_TK)
         if self.renormalize:
             weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-        if self.training:
-            self._add_load(expert_counts(ids_TK, self.num_experts))
         probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
-        return Routing(weights_TK, ids_TK, logits_TE, probs_TE)
+        return _routing(weights_TK, ids_TK, logits_TE, probs_TE)
 
     @torch.no_grad()
     def _add_load(self, load_E: torch.Tensor) -> None:
-        self._load_E = load_E if self._load_E is None else self._load_E + load_E
+        # A copy: update_bias all-reduces it in place, and load_E is the routing's own count.
+        self._load_E = load_E.clone() if self._load_E is None else self._load_E + load_E
 
     @torch.no_grad()
     def update_bias(self) -> None:
@@ -192,7 +189,8 @@ class SigmoidBiasRouter(Router):
 
 
 class ExpertChoiceRouter(Router):
-    """Each expert takes its top-C tokens by softmax probability; training only (not causal)."""
+    """Each expert takes its top-C tokens by softmax probability; training only (not causal).
+    There is no fused kernel for it: ``fused`` is ignored."""
 
     def __init__(self, d_model: int, cfg: MoEConfig):
         super().__init__(d_model, cfg)
@@ -202,7 +200,7 @@ class ExpertChoiceRouter(Router):
         c = expert_capacity(num_tokens, self.top_k, self.num_experts, self.capacity_factor)
         return min(c, num_tokens)
 
-    def route(self, logits_TE: torch.Tensor) -> Routing:
+    def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
         if not self.training:
             _warn_once(
                 "expert_choice routing is not causal and runs in training only; "
@@ -215,7 +213,7 @@ class ExpertChoiceRouter(Router):
         experts_E = torch.arange(self.num_experts, device=logits_TE.device)
         ids_TE = torch.where(picked_TE, experts_E, -1)
         weights_TE = probs_TE * picked_TE
-        return Routing(weights_TE, ids_TE, logits_TE, probs_TE)
+        return _routing(weights_TE, ids_TE, logits_TE, probs_TE)
 
 
 _ROUTERS: dict[str, type[Router]] = {

@@ -7,7 +7,11 @@ Initialisation: every matrix ~ N(0, init_std); the projections that write into t
 stream (``o_proj``, every ``w2``) use ``init_std / sqrt(2 · n_layers)`` (GPT-2), so the residual
 variance does not grow with depth. Norm weights start at 1, the sigmoid router bias at 0.
 
-Legend: B batch, L sequence length, D model dim, V vocabulary.
+The model is the spec (:class:`~pipeline.config.ModelConfig`: what the weights mean) plus one
+runtime choice, the MoE ``backend`` (:mod:`pipeline.model.backends`), which changes how the
+layers compute, never what: the same weights load under any backend.
+
+Shapes (``docs/ARCHITECTURE.md``): B batch, L sequence length, D model dim, V vocabulary.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
 from pipeline.model.layers import MLP, Attention, RMSNorm, RotaryEmbedding
-from pipeline.model.moe import MoELayer, RouterStats
+from pipeline.model.moe import MoELayer
+from pipeline.model.routing_stats import RouterStats
 
 _RESIDUAL_OUTPUTS = ("o_proj.weight", "w2.weight", ".w2")
 
@@ -41,13 +46,16 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int, backend: str):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        moe = is_moe_layer(cfg, layer)
-        self.ffn = MoELayer(cfg.d_model, cfg.moe) if moe else MLP(cfg.d_model, cfg.dense_hidden)
+        self.ffn = (
+            MoELayer(cfg.d_model, cfg.moe, backend)
+            if is_moe_layer(cfg, layer)
+            else MLP(cfg.d_model, cfg.dense_hidden)
+        )
 
     def forward(self, x_BLD: torch.Tensor, rope: RotaryEmbedding):
         """Returns the new residual stream and, for an MoE block, ``(aux_loss, stats)``."""
@@ -59,13 +67,13 @@ class Block(nn.Module):
 
 
 class MoETransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.rope = RotaryEmbedding(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i, backend) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -111,7 +119,8 @@ class MoETransformer(nn.Module):
         uses: all but the ``E - k`` routed experts it does not visit in each MoE layer."""
         total = sum(p.numel() for p in self.parameters())
         idle = sum(
-            (m.cfg.num_experts - m.cfg.top_k) * m.params_per_expert() for m in self.moe_layers()
+            (m.cfg.num_experts - m.cfg.top_k) * m.experts.params_per_expert()
+            for m in self.moe_layers()
         )
         return {"total": total, "active": total - idle}
 

@@ -1,7 +1,9 @@
-"""Scale-out: expert parallelism, FSDP2 sharding and distributed checkpoints.
+"""Scale-out: what ``configure_model`` applies on a ``data_parallel × expert_parallel`` mesh.
 
-``expert``: the all-to-all expert dispatch; ``setup``: what ``configure_model`` applies to a
-model on a ``data_parallel × expert_parallel`` mesh, plus the gradient reductions it then
-owes; ``checkpoint``: torch.distributed.checkpoint save/load that reshards across layouts;
-``strategy``: Lightning's ``ModelParallelStrategy`` with those checkpoints.
+``setup``: expert parallelism (each rank keeps its block of experts, and the MoE layers switch
+to the all-to-all dispatcher of :mod:`pipeline.model.dispatch`), FSDP2 sharding, activation
+checkpointing, and the gradient reductions the layout then owes; ``dcp``: distributed
+checkpoints that reshard across layouts, published atomically; ``strategy``: Lightning's
+``ModelParallelStrategy`` with those checkpoints. This package may import :mod:`pipeline.model`,
+never the reverse.
 """

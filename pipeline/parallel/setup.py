@@ -33,8 +33,12 @@ from torch.distributed.tensor import DTensor
 
 from pipeline.config import ParallelConfig
 from pipeline.model import MoETransformer
-from pipeline.parallel.expert import DP_DIM, EP_DIM, ExpertShard
+from pipeline.model.dispatch import AllToAllDispatcher, ExpertShard
+from pipeline.model.experts import GroupedExperts
 
+# Lightning's ModelParallelStrategy names its mesh dimensions for tensor parallelism; the
+# project uses the second one for expert parallelism (no tensor parallelism is applied).
+DP_DIM, EP_DIM = "data_parallel", "tensor_parallel"
 WORLD_DIM = "world"  # the flattened (data_parallel, expert_parallel) mesh FSDP2 shards over
 
 
@@ -63,25 +67,37 @@ def shard_dense(model: MoETransformer, mesh: DeviceMesh) -> None:
     fully_shard(model, mesh=world_mesh, ignored_params=experts)
 
 
+def expert_shard(mesh: DeviceMesh, num_experts: int) -> ExpertShard:
+    """This rank's block of ``num_experts`` on the mesh's expert-parallel dimension."""
+    return ExpertShard(
+        num_experts=num_experts,
+        rank=mesh.get_local_rank(EP_DIM),
+        size=mesh[EP_DIM].size(),
+        group=mesh.get_group(EP_DIM),
+        mesh=mesh,
+    )
+
+
 def shard_experts(model: MoETransformer, mesh: DeviceMesh) -> None:
     """Keep only this rank's experts: ``w1, w3, w2`` become ``(E / P, ...)`` slices of the full
-    tensors (initialised identically on every rank before this call)."""
+    tensors (initialised identically on every rank before this call), and tokens reach them by
+    all-to-all."""
     for layer in model.moe_layers():
-        shard = ExpertShard(mesh, layer.cfg.num_experts)
-        for name in ("w1", "w3", "w2"):
-            full = getattr(layer, name)
-            setattr(layer, name, nn.Parameter(full.detach()[shard.local_slice].clone()))
-        layer.expert_shard = shard
+        shard = expert_shard(mesh, layer.cfg.num_experts)
+        for name, full in list(layer.experts.named_parameters()):
+            setattr(layer.experts, name, nn.Parameter(full.detach()[shard.local_slice].clone()))
+        layer.experts.shard = shard
+        layer.dispatcher = AllToAllDispatcher(shard)
+
+
+def sharded_experts(model: nn.Module) -> list[GroupedExperts]:
+    """The expert modules that hold one expert-parallel block (none without EP)."""
+    return [m for m in model.modules() if isinstance(m, GroupedExperts) and m.shard is not None]
 
 
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters that hold one expert-parallel block of experts (none without EP)."""
-    return [
-        getattr(m, name)
-        for m in model.modules()
-        if getattr(m, "expert_shard", None) is not None
-        for name in ("w1", "w3", "w2")
-    ]
+    return [p for experts in sharded_experts(model) for p in experts.parameters()]
 
 
 def all_reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
@@ -117,10 +133,7 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
     an expert block's expert-parallel group, none for a replica. Every rank walks the same
     parameters in the same order, so the collectives match."""
     shards = {
-        id(getattr(m, name)): m.expert_shard
-        for m in model.modules()
-        if getattr(m, "expert_shard", None) is not None
-        for name in ("w1", "w3", "w2")
+        id(p): experts.shard for experts in sharded_experts(model) for p in experts.parameters()
     }
     squares: dict[tuple, torch.Tensor] = {}
     for p in model.parameters():

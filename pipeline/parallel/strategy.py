@@ -5,7 +5,7 @@ carries expert parallelism here), initialises the process group (NCCL on GPUs, g
 under its own launcher, ``torchrun`` or SLURM, calls ``configure_model`` and saves
 checkpoints as DCP directories. This subclass resolves ``data_parallel: auto`` against the real
 world size, saves/loads the expert blocks in their global view
-(:mod:`pipeline.parallel.checkpoint`), so a checkpoint reloads under another layout, and
+(:mod:`pipeline.parallel.dcp`), so a checkpoint reloads under another layout, and
 publishes each checkpoint directory atomically.
 """
 
@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pipeline.config import ConfigError, TrainConfig, check_parallel_layout
-from pipeline.parallel.checkpoint import (
+from pipeline.parallel.dcp import (
     METADATA_FILE,
     as_global,
     as_local,
@@ -37,7 +37,7 @@ from pipeline.parallel.checkpoint import (
 
 class MeshStrategy(ModelParallelStrategy):
     def __init__(self, cfg: TrainConfig):
-        par = cfg.parallel
+        par = cfg.runtime.parallel
         super().__init__(
             data_parallel_size=par.data_parallel,
             tensor_parallel_size=par.expert_parallel,

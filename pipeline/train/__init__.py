@@ -1,8 +1,10 @@
 """Lightning training of the MoE language model.
 
-``data`` (token windows, the resumable sampler), ``module`` (LightningModule: loss, optimizer),
-``optim`` (parameter groups, schedule), ``callbacks`` (sampler progress, ``last.ckpt``,
-metrics), ``checkpoint`` (atomic, pickle-free checkpoint files, config checks, weight export),
-``metrics`` (router statistics, MFU), ``outputs`` (file locations, DVC metrics and plots) and
-``trainer`` (build the Trainer from params, run one training).
+``module`` (the LightningModule; its docstring lists one optimizer step, hook by hook),
+``data`` (token windows, the resumable sampler), ``optim`` (parameter groups, schedule),
+``callbacks`` (sampler progress, ``last.ckpt``, the NaN guard, the metrics monitor),
+``checkpoint_io`` (atomic, pickle-free checkpoint files; resume checks), ``metrics`` (MFU, a
+measured peak), ``outputs`` (the run fingerprint, DVC metrics and plots), ``trainer`` (build
+the Trainer from params, run one training) and ``consolidate`` (a distributed checkpoint into
+the model files).
 """

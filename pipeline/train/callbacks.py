@@ -20,9 +20,12 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
 
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
+from pipeline.model import RouterStats
+from pipeline.model.backends import resolve_backend
+from pipeline.model.routing_stats import load_summary
 from pipeline.parallel.setup import grad_norm
-from pipeline.train.checkpoint import AtomicCheckpointIO
-from pipeline.train.metrics import load_balance, measure_peak_flops, mfu, slow_cpu_bf16
+from pipeline.train.checkpoint_io import AtomicCheckpointIO
+from pipeline.train.metrics import measure_peak_flops, mfu, slow_cpu_bf16
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,12 @@ class StepSchedule:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> StepSchedule:
-        return cls(cfg.log_every, cfg.val_every, cfg.checkpoint_every, cfg.max_steps)
+        return cls(
+            cfg.monitor.log_every,
+            cfg.monitor.val_every,
+            cfg.runtime.checkpoint_every,
+            cfg.max_steps,
+        )
 
     def is_log(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.max_steps
@@ -51,23 +59,26 @@ class StepSchedule:
         return step % self.checkpoint_every == 0 or step == self.max_steps
 
 
-def router_scalars(stats) -> dict[str, torch.Tensor]:
+def router_scalars(stats: RouterStats) -> dict[str, torch.Tensor]:
     """One MoE layer's scalar statistics (dropped fraction, entropy, each unweighted loss)."""
     scalars = {"dropped_fraction": stats.dropped_fraction, "entropy": stats.entropy}
     scalars.update({f"loss_{name}": value for name, value in sorted(stats.losses.items())})
     return scalars
 
 
-def router_vector(stats) -> torch.Tensor:
+def router_vector(stats: RouterStats) -> torch.Tensor:
     """The scalars then the expert loads, as one float vector: one collective reduces them all."""
     values = [v.detach().float().reshape(1) for v in router_scalars(stats).values()]
     return torch.cat([*values, stats.load.detach().float()])
 
 
-def moe_backends(model) -> str:
-    """The expert backend(s) the MoE layers resolved (``auto`` names what it picked)."""
-    names = sorted({layer.backend.name for layer in model.moe_layers()})
-    return ",".join(names) or "none (no MoE layer)"
+def moe_backend(pl_module) -> str:
+    """The MoE backend the run resolves to on its device (``auto`` names what it picked)."""
+    if not pl_module.model.moe_layers():
+        return "none (no MoE layer)"
+    requested = pl_module.cfg.runtime.backend
+    resolved = resolve_backend(requested, pl_module.device)
+    return resolved if requested == resolved else f"{resolved} (requested {requested})"
 
 
 def describe_run(trainer: L.Trainer, pl_module) -> str:
@@ -78,8 +89,8 @@ def describe_run(trainer: L.Trainer, pl_module) -> str:
         f"training on {pl_module.device} ({type(trainer.accelerator).__name__}): "
         f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
         f"strategy {type(strategy).__name__}{f' ({backend})' if backend else ''}, "
-        f"precision {trainer.precision}, compile {pl_module.cfg.compile}, "
-        f"MoE backend {moe_backends(pl_module.model)}, {torch.get_num_threads()} CPU threads"
+        f"precision {trainer.precision}, compile {pl_module.cfg.runtime.compile}, "
+        f"MoE backend {moe_backend(pl_module)}, {torch.get_num_threads()} CPU threads"
     )
 
 
@@ -223,16 +234,17 @@ class TrainMonitor(Callback):
         self._tokens_per_step = (
             self.cfg.seq_len * self.cfg.micro_batch_size * self.cfg.grad_accum * trainer.world_size
         )
-        bf16 = self.cfg.precision.startswith("bf16")
+        precision = self.cfg.runtime.precision
+        bf16 = precision.startswith("bf16")
         if self.peak_flops is None:
             dtype = torch.bfloat16 if bf16 else torch.float32
             self.peak_flops = measure_peak_flops(pl_module.device, dtype)
         slow = slow_cpu_bf16(pl_module.device) if bf16 else None
         if slow and trainer.is_global_zero:
             log.warning(
-                "train.precision = %s, but this CPU multiplies bf16 at %.3g FLOP/s against "
-                "%.3g in fp32 (no native bf16): precision 32-true will train faster",
-                self.cfg.precision,
+                "train.runtime.precision = %s, but this CPU multiplies bf16 at %.3g FLOP/s "
+                "against %.3g in fp32 (no native bf16): precision 32-true will train faster",
+                precision,
                 *slow,
             )
         if trainer.is_global_zero:
@@ -271,9 +283,10 @@ class TrainMonitor(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int
     ) -> None:
-        self._micro.append((outputs["ce"], outputs["aux"]))
+        micro = pl_module.last_micro_batch
+        self._micro.append((micro.cross_entropy, micro.aux_loss))
         if self.schedule.is_log(self._step_seen + 1):
-            stats = outputs["router_stats"]
+            stats = micro.router_stats
             self._scalar_names = list(router_scalars(stats[0])) if stats else []
             self._router.append([router_vector(layer) for layer in stats])
         if trainer.global_step == self._step_seen:
@@ -350,7 +363,7 @@ class TrainMonitor(Callback):
         metrics = {
             f"{prefix}/{name}": value for name, value in zip(names, vector.tolist(), strict=False)
         }
-        metrics.update({f"{prefix}/{k}": v for k, v in load_balance(load).items()})
+        metrics.update({f"{prefix}/{k}": v for k, v in load_summary(load).items()})
         for expert, fraction in enumerate(load.tolist()):
             metrics[f"{prefix}/load/e{expert}"] = fraction
             self.history["load"].append(
@@ -377,7 +390,7 @@ class TrainMonitor(Callback):
     # ------------------------------------------------------------------ results
     def summary(self) -> dict[str, float]:
         """Final numbers for ``metrics/train.json``."""
-        recent = [row["loss"] for row in self.history["train"][-self.cfg.log_every :]]
+        recent = [row["loss"] for row in self.history["train"][-self.cfg.monitor.log_every :]]
         val = self.history["val"][-1]["val_loss"] if self.history["val"] else math.nan
         tokens_per_s = self._train_tokens / self._train_seconds if self._train_seconds else math.nan
         return {

@@ -172,7 +172,7 @@ class ValidationWindows(Dataset):
 class TokenDataModule(L.LightningDataModule):
     """Train stream and validation windows over ``<split>.bin`` token files.
 
-    Validation uses the first ``val_batches`` global micro-batches of windows of the validation
+    Validation uses the first ``monitor.val_batches`` global micro-batches of windows of the validation
     split (``val_batches * micro_batch_size * world_size`` windows, fewer if the split is
     smaller): each rank runs ``val_batches`` batches, and two runs with the same global batch
     validate on the same windows whatever their parallel layout.
@@ -199,10 +199,10 @@ class TokenDataModule(L.LightningDataModule):
         if self.val_set is None:
             val = TokenWindows(self.val_path, self.cfg.seq_len)
             check_same_vocabulary(self.train_set.header, val.header, self.train_path, self.val_path)
-            wanted = self.cfg.val_batches * self.cfg.micro_batch_size * world
+            wanted = self.cfg.monitor.val_batches * self.cfg.micro_batch_size * world
             if len(val) < wanted:
                 log.warning(
-                    "%s holds %d windows; validating on all of them (train.val_batches asks for %d)",
+                    "%s holds %d windows; validating on all of them (train.monitor.val_batches asks for %d)",
                     self.val_path,
                     len(val),
                     wanted,

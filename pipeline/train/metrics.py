@@ -1,29 +1,10 @@
-"""Pure helpers for the training metrics: router load statistics, MFU, a measured peak, CSV rows."""
+"""Pure helpers for the training metrics: MFU and a measured matmul peak."""
 
 from __future__ import annotations
 
-import csv
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
-
-from pipeline.io import atomic_path
-
-
-def load_balance(load: torch.Tensor) -> dict[str, float]:
-    """Summary of one layer's expert load fractions ``(E,)``.
-
-    ``max_over_mean`` is the overload factor (1 = perfectly balanced; with a capacity factor
-    below it, tokens are dropped) and ``cv`` the coefficient of variation (std / mean).
-    """
-    load = load.double()
-    mean = load.mean()
-    return {
-        "max_over_mean": (load.max() / mean).item(),
-        "cv": (load.std(unbiased=False) / mean).item(),
-    }
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
@@ -70,11 +51,3 @@ def slow_cpu_bf16(device: torch.device) -> tuple[float, float] | None:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """A CSV for ``dvc plots``, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)

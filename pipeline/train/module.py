@@ -1,5 +1,30 @@
 """The LightningModule: next-token cross-entropy plus the router losses, AdamW, warmup-stable-decay.
 
+One optimizer step, in the order Lightning runs it (``accumulate_grad_batches = grad_accum``
+micro-batches, then one update), and who does what:
+
+ 1. ``SamplerProgress.on_train_batch_start`` marks the micro-batch as consumed (the sampler
+    position a checkpoint records);
+ 2. :meth:`MoELanguageModel.training_step`: forward, ``loss = cross_entropy + aux_loss``; the
+    detached parts go into :attr:`MoELanguageModel.last_micro_batch` (a :class:`MicroBatch`);
+ 3. ``NonFiniteLossGuard.on_before_backward`` stops the run on a NaN/inf loss, before any
+    gradient exists;
+ 4. backward (Lightning scales the loss by ``1 / grad_accum``);
+ 5. :meth:`on_after_backward`: on the step's last micro-batch under ``model_parallel``, the
+    gradient reductions FSDP2 does not own (:mod:`pipeline.parallel.setup`);
+ 6. ``TrainMonitor.on_train_batch_end`` keeps the micro-batch's losses (and, at logging steps,
+    its router statistics) on the device; steps 1-6 repeat for each micro-batch;
+ 7. ``TrainMonitor.on_before_optimizer_step`` reads the learning rate and, at logging steps,
+    the norm of the whole gradient (before clipping);
+ 8. :meth:`configure_gradient_clipping` clips by that global norm;
+ 9. :meth:`optimizer_step`: AdamW, then the aux-loss-free router biases move (once per step);
+    the LR scheduler steps (``interval: step``);
+10. ``TrainMonitor.on_train_batch_end`` (after the step) records the step's mean losses and, at
+    logging steps, reduces them over ranks in one collective and logs;
+11. at validation steps, :meth:`validation_step` over the validation windows; then
+    ``LastCheckpoint`` (every ``checkpoint_every`` steps, after validation when both fall on
+    the step) and Lightning's ``ModelCheckpoint`` (``best.ckpt`` by validation loss).
+
 Loss granularity. Lightning divides each micro-batch's loss by ``accumulate_grad_batches`` and
 DDP averages gradients over ranks, so the optimised quantity is the mean, over the micro-batches
 of one optimizer step, of ``cross_entropy + aux_loss``. Every window has ``seq_len`` targets (no
@@ -12,10 +37,10 @@ micro-batch (as in Switch and Megatron): its value stays put, but its router gra
 each micro-batch's own expert fractions (``pipeline/model/losses.py``; measured in
 ``tests/train/test_invariance.py``).
 
-Parallel layouts (``train.parallel``, :mod:`pipeline.parallel`): ``configure_model`` shards the
-experts and applies FSDP2 / activation checkpointing on the strategy's device mesh; this module
-reduces the gradients FSDP2 does not own (all without FSDP2, the expert blocks with it) once
-per optimizer step, and clips by the norm of the whole (sharded) gradient. The router
+Parallel layouts (``train.runtime.parallel``, :mod:`pipeline.parallel`): ``configure_model``
+shards the experts and applies FSDP2 / activation checkpointing on the strategy's device mesh;
+this module reduces the gradients FSDP2 does not own (all without FSDP2, the expert blocks with
+it) once per optimizer step, and clips by the norm of the whole (sharded) gradient. The router
 statistics of any multi-process run are aggregated over the world, so the Switch loss and the
 logged load are those of the global micro-batch whatever the layout.
 """
@@ -23,25 +48,36 @@ logged load are those of the global micro-batch whatever the layout.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import TrainConfig
-from pipeline.model import MoETransformer
+from pipeline.config import NOT_THE_RUN, TrainConfig
+from pipeline.model import MoETransformer, RouterStats
+from pipeline.model_io import model_identity
 from pipeline.parallel.setup import all_reduce_gradients, clip_grad_norm, parallelize
-from pipeline.train.checkpoint import (
+from pipeline.train.checkpoint_io import (
     CHECKPOINT_KEY,
     CheckpointMismatchError,
     check_same_model,
     config_differences,
-    model_identity,
 )
 from pipeline.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """What one training micro-batch leaves for the callbacks (all detached, on the device):
+    the cross-entropy, the weighted router losses, and each MoE layer's router statistics."""
+
+    cross_entropy: torch.Tensor
+    aux_loss: torch.Tensor
+    router_stats: list[RouterStats]
 
 
 class MoELanguageModel(L.LightningModule):
@@ -51,24 +87,25 @@ class MoELanguageModel(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.model = MoETransformer(cfg.model, vocab_size)
-        if cfg.compile:
+        self.model = MoETransformer(cfg.model, vocab_size, backend=cfg.runtime.backend)
+        if cfg.runtime.compile:
             self.model.compile()  # in place: state_dict keys stay free of "_orig_mod."
         self._val_sum = self._val_count = torch.zeros(())  # reset per validation, on the device
         self.val_loss: float | None = None
+        self.last_micro_batch: MicroBatch | None = None
         self._parallelized = False
-        self._last_micro_batch = True
+        self._ends_step = True  # whether the current micro-batch is its step's last
 
     def configure_model(self) -> None:
         """Lightning calls this once per fit/validate, after the processes exist and before the
         optimizer is built; the layout is applied once."""
         if not self._parallelized:
-            parallelize(self.model, self.cfg.parallel, self.device_mesh)
+            parallelize(self.model, self.cfg.runtime.parallel, self.device_mesh)
             self._parallelized = True
 
     def on_after_backward(self) -> None:
         """Model-parallel strategy: nobody else averages the gradients FSDP2 does not own."""
-        if self.device_mesh is not None and self._last_micro_batch:
+        if self.device_mesh is not None and self._ends_step:
             all_reduce_gradients(self.model, self.device_mesh)
 
     def configure_gradient_clipping(
@@ -83,17 +120,13 @@ class MoELanguageModel(L.LightningModule):
     def identity(self) -> dict[str, Any]:
         return model_identity(self.cfg.model, self.vocab_size)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
-        inputs, targets = batch  # (B, T) each
-        self._last_micro_batch = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        out = self.model(inputs)
-        ce = token_cross_entropy(out.logits, targets)
-        return {
-            "loss": ce + out.aux_loss,
-            "ce": ce.detach(),
-            "aux": out.aux_loss.detach(),
-            "router_stats": out.router_stats,
-        }
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        inputs_BL, targets_BL = batch
+        self._ends_step = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        out = self.model(inputs_BL)
+        ce = token_cross_entropy(out.logits, targets_BL)
+        self.last_micro_batch = MicroBatch(ce.detach(), out.aux_loss.detach(), out.router_stats)
+        return ce + out.aux_loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """Step, then move the aux-loss-free balancing biases: once per optimizer step, after
@@ -106,10 +139,10 @@ class MoELanguageModel(L.LightningModule):
         self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        inputs, targets = batch
-        logits = self.model(inputs).logits
-        self._val_sum += token_cross_entropy(logits, targets, reduction="sum").double()
-        self._val_count += targets.numel()
+        inputs_BL, targets_BL = batch
+        logits_BLV = self.model(inputs_BL).logits
+        self._val_sum += token_cross_entropy(logits_BLV, targets_BL, reduction="sum").double()
+        self._val_count += targets_BL.numel()
 
     def on_validation_epoch_end(self) -> None:
         """Token-weighted mean over all ranks: exact whatever the split of windows over ranks."""
@@ -141,22 +174,30 @@ class MoELanguageModel(L.LightningModule):
         if saved is None:
             raise CheckpointMismatchError(f"{source} is not a moe-pipeline checkpoint")
         check_same_model(saved["identity"], self.identity, source)
-        current = self.cfg.model_dump(mode="json")
-        changed = config_differences(without_model(saved["train"]), without_model(current))
-        if changed:
+        saved_train, current = saved["train"], self.cfg.model_dump(mode="json")
+        how = config_differences(_only(saved_train, NOT_THE_RUN), _only(current, NOT_THE_RUN))
+        if how:
+            log.info("resuming under other runtime settings:\n  %s", "\n  ".join(how))
+        what = config_differences(_without(saved_train), _without(current))
+        if what:
             log.warning(
                 "resuming with train params that differ from the checkpoint's; the run is no "
                 "longer the one that was interrupted:\n  %s",
-                "\n  ".join(changed),
+                "\n  ".join(what),
             )
 
 
-def without_model(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k != "model"}
+def _only(train: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k in sections}
+
+
+def _without(train: dict[str, Any]) -> dict[str, Any]:
+    """What the run trains, less the model (checked on its own, as the identity)."""
+    return {k: v for k, v in train.items() if k not in ("model", *NOT_THE_RUN)}
 
 
 def token_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Cross-entropy over all (B, T) positions, in fp32 even when the logits are bf16."""
+    """Cross-entropy over all (B, L) positions, in fp32 even when the logits are bf16."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)

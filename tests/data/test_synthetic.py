@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import SyntheticSource
-from pipeline.data import lexicon as lx
 from pipeline.data.synthetic import (
     AGREEMENT_PHENOMENA,
     COUNTING_EPISODES,
@@ -30,6 +29,7 @@ from pipeline.data.synthetic import (
     generate_story,
     word_categories,
 )
+from pipeline.data.synthetic import lexicon as lx
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 1234

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from pipeline.config import TokenizeConfig
 from pipeline.data.shards import ShardError, ShardWriter, open_tokens, read_header, unigram_entropy
-from pipeline.data.tokenizer import TOKENIZER_FILE, encode_split, save_tokenizer, train_tokenizer
+from pipeline.data.tokenizer import encode_split, save_tokenizer, train_tokenizer
 
 CFG = TokenizeConfig(vocab_size=400, batch_size=7)
 
@@ -52,7 +52,7 @@ def train_file(tmp_path_factory):
 def tokenizer(train_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokdir") / "tokenizer"
     save_tokenizer(train_tokenizer(train_file, CFG), CFG, out)
-    return Tokenizer.from_file(str(out / TOKENIZER_FILE))
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
 def test_round_trip_on_random_unicode(tokenizer):
@@ -83,8 +83,8 @@ def test_loads_in_transformers(tokenizer, tmp_path, train_file):
 def test_training_is_deterministic(train_file, tmp_path):
     for name in ("a", "b"):
         save_tokenizer(train_tokenizer(train_file, CFG), CFG, tmp_path / name)
-    assert (tmp_path / "a" / TOKENIZER_FILE).read_bytes() == (
-        tmp_path / "b" / TOKENIZER_FILE
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
     ).read_bytes()
 
 

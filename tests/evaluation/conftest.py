@@ -14,8 +14,14 @@ import torch
 from tokenizers import Tokenizer
 
 from pipeline.config import ModelConfig, TokenizeConfig
-from pipeline.data.synthetic import generate_benchmarks, generate_documents
-from pipeline.data.tokenizer import TOKENIZER_FILE, encode_split, save_tokenizer, train_tokenizer
+from pipeline.data.synthetic import (
+    WORD_PATTERN,
+    generate_benchmarks,
+    generate_documents,
+    word_categories,
+)
+from pipeline.data.tokenizer import encode_split, save_tokenizer, train_tokenizer
+from pipeline.data.word_categories import WordCategories, write_word_categories
 from pipeline.model import MoETransformer
 from pipeline.paths import Paths
 
@@ -39,7 +45,8 @@ def write_parquet(path: Path, texts: list[str]) -> None:
 
 
 def build_data(root: Path) -> Paths:
-    """Tokenizer, validation/test token files and benchmark files under ``root``."""
+    """Tokenizer, validation/test token files, benchmark and word-category files under
+    ``root``."""
     paths = Paths(root=root)
     docs = list(generate_documents(11, 0.03, episode_share=0.3))
     splits = {"train": docs[:-12], "validation": docs[-12:-6], "test": docs[-6:]}
@@ -47,13 +54,14 @@ def build_data(root: Path) -> Paths:
         write_parquet(paths.parquet(split), texts)
     tokenizer = train_tokenizer(paths.parquet("train"), TOKENIZE)
     save_tokenizer(tokenizer, TOKENIZE, paths.tokenizer_dir)
-    tokenizer = Tokenizer.from_file(str(paths.tokenizer_dir / TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(paths.tokenizer_file))
     for split in ("validation", "test"):
         encode_split(tokenizer, paths.parquet(split), paths.tokens(split), TOKENIZE)
     paths.benchmarks_dir.mkdir(parents=True, exist_ok=True)
     for task, items in generate_benchmarks(11, BENCHMARK_ITEMS).items():
         lines = "".join(json.dumps(item) + "\n" for item in items)
-        (paths.benchmarks_dir / f"{task}.jsonl").write_text(lines, encoding="utf-8")
+        paths.benchmark(task).write_text(lines, encoding="utf-8")
+    write_word_categories(paths.word_categories, WordCategories(WORD_PATTERN, word_categories()))
     return paths
 
 
@@ -64,7 +72,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(data_root) -> Tokenizer:
-    return Tokenizer.from_file(str(Paths(root=data_root).tokenizer_dir / TOKENIZER_FILE))
+    return Tokenizer.from_file(str(Paths(root=data_root).tokenizer_file))
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,8 @@ from evaluation.card import harness_scores, perplexity_scores
 from pipeline.config import parse_params
 from pipeline.export.hf_dir import verify_export, write_export
 from pipeline.io import read_json, write_json
+from pipeline.model_io import model_identity, save_model
 from pipeline.paths import Paths
-from pipeline.train.checkpoint import export_weights, model_identity
-from pipeline.train.outputs import TrainFiles
 from stages import card, evaluate
 
 from .test_stage import PARAMS, stand_in_upstream_runs
@@ -43,14 +42,13 @@ def evaluated(tmp_path_factory, data_root, model):
     """A repository after train (stand-in outputs), export and a real evaluate run."""
     root = tmp_path_factory.mktemp("card") / "repo"
     shutil.copytree(data_root, root)
-    paths, files = Paths(root=root), TrainFiles.from_paths(Paths(root=root))
-    export_weights(model, model_identity(model.cfg, model.vocab_size), files.weights,
-                   files.model_config)  # fmt: skip
-    write_export(model, paths.tokenizer_dir, card.card_paths(paths)["dir"], "float32")
+    paths = Paths(root=root)
+    save_model(model, model_identity(model.cfg, model.vocab_size), paths.model_files)
+    write_export(model, paths.tokenizer_dir, paths.hf_dir, "float32")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     evaluate.run(parse_params(PARAMS), paths)
     counts = model.num_params()
-    write_json(files.metrics_file, {
+    write_json(paths.train_metrics, {
         "params_total": counts["total"], "params_active": counts["active"], "steps": 7,
         "wall_time_s": 12.5, "tokens_per_s": 3456.0, "mfu": 0.0123, "train_loss": 4.2,
         "val_loss": 4.4, "peak_flops_per_device": 1.36e11, "peak_flops_source": "measured",
@@ -66,12 +64,12 @@ def evaluated(tmp_path_factory, data_root, model):
 def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, monkeypatch):
     train_run = stand_in_upstream_runs(evaluated, mlflow_uri)
     paths = Paths(root=evaluated)
-    write_json(card.card_paths(paths)["export_run"], {"run_id": "export-run"})
+    write_json(paths.export_run, {"run_id": "export-run"})
     write_json(paths.eval_run, {"run_id": "evaluate-run"})
     monkeypatch.chdir(evaluated)
     card.main()
 
-    repo = card.card_paths(paths)["dir"]
+    repo = paths.hf_dir
     parsed = ModelCard.load(repo / "README.md")
     data = parsed.data
     assert data.license == "apache-2.0" and data.language == ["en"]
@@ -114,7 +112,7 @@ def test_card_refuses_a_damaged_export(evaluated, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(evaluated, root)
     paths = Paths(root=root)
-    (card.card_paths(paths)["dir"] / "config.json").write_text("{}")
+    (paths.hf_dir / "config.json").write_text("{}")
     with pytest.raises(Exception, match=r"\['config\.json'\] differ"):
         card.run(parse_params(PARAMS), paths, {})
 

@@ -8,8 +8,8 @@ import pytest
 from lm_eval.api.instance import Instance
 
 from evaluation.harness import run_harness
+from evaluation.hf_lm import load_hf_lm
 from evaluation.lm_adapter import NativeLM
-from evaluation.load import load_hf_lm
 from pipeline.config import LOCAL_TASKS
 from pipeline.data.shards import read_header
 from pipeline.export.architectures import ExportError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from evaluation.categories import CATEGORIES
 from evaluation.routing import analyse_routing
 from evaluation.token_bytes import token_bytes
 from pipeline.data.shards import open_tokens
-from pipeline.data.synthetic import word_categories
+from pipeline.data.word_categories import WordCategories, read_word_categories
 from pipeline.paths import Paths
 
 CPU = torch.device("cpu")
@@ -21,10 +22,10 @@ TOKENS = 200  # not a multiple of the 32-token window: a partial last window too
 
 @pytest.fixture(scope="module")
 def report(data_root, tokenizer, model):
-    tokens, _ = open_tokens(Paths(root=data_root).tokens("test"))
-    return analyse_routing(
-        model, tokens, token_bytes(tokenizer), word_categories(), 32, TOKENS, 4, CPU
-    )
+    paths = Paths(root=data_root)
+    tokens, _ = open_tokens(paths.tokens("test"))
+    words = read_word_categories(paths.word_categories)  # what the prepare stage writes
+    return analyse_routing(model, tokens, token_bytes(tokenizer), words, 32, TOKENS, 4, CPU)
 
 
 def test_counts_add_up(report, model):
@@ -52,7 +53,8 @@ def test_the_synthetic_text_has_word_categories(report):
 def test_load_and_entropy_match_the_model_statistics(data_root, tokenizer, model):
     """One batch: the hook's ids give the load the model itself reports for that forward."""
     tokens, _ = open_tokens(Paths(root=data_root).tokens("test"))
-    one = analyse_routing(model, tokens, token_bytes(tokenizer), {}, 32, 64, 4, CPU)
+    no_words = WordCategories(re.compile(r"[A-Za-z]+"), {})
+    one = analyse_routing(model, tokens, token_bytes(tokenizer), no_words, 32, 64, 4, CPU)
     inputs = torch.from_numpy(tokens[:64].astype(np.int64)).view(2, 32)
     with torch.no_grad():
         stats = model(inputs).router_stats

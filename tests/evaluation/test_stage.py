@@ -12,9 +12,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import LOCAL_TASKS, parse_params
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
+from pipeline.model_io import model_identity, save_model
 from pipeline.paths import Paths
-from pipeline.train.checkpoint import export_weights, model_identity
-from pipeline.train.outputs import TrainFiles
 from stages import evaluate
 
 from .conftest import BENCHMARK_ITEMS, TINY_MODEL
@@ -36,9 +35,7 @@ def workdir(tmp_path, data_root, model):
     """A copy of the data plus the tiny model exported exactly as the train stage exports it."""
     root = tmp_path / "repo"
     shutil.copytree(data_root, root)
-    files = TrainFiles.from_paths(Paths(root=root))
-    identity = model_identity(model.cfg, model.vocab_size)
-    export_weights(model, identity, files.weights, files.model_config)
+    save_model(model, model_identity(model.cfg, model.vocab_size), Paths(root=root).model_files)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return root
 
@@ -49,8 +46,8 @@ def stand_in_upstream_runs(root, uri: str) -> str:
     experiment = client.create_experiment("test")
     train_run = client.create_run(experiment, run_name="train").info.run_id
     client.set_terminated(train_run)
-    paths, files = Paths(root=root), TrainFiles.from_paths(Paths(root=root))
-    write_json(files.run_file, {"run_id": train_run})
+    paths = Paths(root=root)
+    write_json(paths.train_run, {"run_id": train_run})
     write_json(paths.tokenize_run, {"run_id": "tokenize-run"})
     write_json(paths.prepare_run, {"run_id": "prepare-run"})
     return train_run

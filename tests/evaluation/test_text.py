@@ -7,6 +7,8 @@ import pytest
 
 from evaluation.categories import CATEGORIES, token_categories
 from evaluation.token_bytes import token_byte_lengths, token_bytes
+from pipeline.data.synthetic import WORD_PATTERN
+from pipeline.data.word_categories import WordCategories
 
 TEXTS = [
     "Mia gave the ball to Tom. Tom's ball!",
@@ -31,7 +33,7 @@ def test_special_tokens_cover_no_bytes(tokenizer):
 
 def categories_of(tokenizer, text: str, words: dict[str, str]) -> list[tuple[str, str]]:
     ids = tokenizer.encode(text, add_special_tokens=False).ids
-    labels = token_categories(ids, token_bytes(tokenizer), words)
+    labels = token_categories(ids, token_bytes(tokenizer), WordCategories(WORD_PATTERN, words))
     return [(tokenizer.decode([i]), CATEGORIES[c]) for i, c in zip(ids, labels, strict=True)]
 
 
@@ -54,5 +56,5 @@ def test_every_piece_of_a_word_takes_the_word_category(tokenizer):
 
 def test_one_label_per_token(tokenizer):
     ids = tokenizer.encode(TEXTS[1], add_special_tokens=False).ids
-    labels = token_categories(ids, token_bytes(tokenizer), {})
+    labels = token_categories(ids, token_bytes(tokenizer), WordCategories(WORD_PATTERN, {}))
     assert labels.shape == (len(ids),) and np.all((labels >= 0) & (labels < len(CATEGORIES)))

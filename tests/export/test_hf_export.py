@@ -103,7 +103,7 @@ def test_bfloat16_export_stores_the_rounded_weights(tmp_path, tokenizer_dir, voc
     model, out = export(tmp_path, tokenizer_dir, vocab_size, dtype="bfloat16")
     hf, info = load_hf(out)
     assert hf.dtype == torch.bfloat16 and not info["missing_keys"]
-    expected = model.blocks[0].ffn.w2[1].detach().to(torch.bfloat16)
+    expected = model.blocks[0].ffn.experts.w2[1].detach().to(torch.bfloat16)
     assert torch.equal(hf.model.layers[0].mlp.experts.down_proj[1], expected)
 
 

@@ -9,17 +9,8 @@ from pipeline.config import MoEConfig
 from pipeline.model import MLP, MoELayer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from threads; avoids OpenMP stalls on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _layer(d=16, seed=0, **moe) -> MoELayer:
-    layer = MoELayer(d, MoEConfig(**moe))
+def _layer(d=16, seed=0, backend="auto", **moe) -> MoELayer:
+    layer = MoELayer(d, MoEConfig(**moe), backend=backend)
     g = torch.Generator().manual_seed(seed)
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.3, generator=g)
@@ -34,9 +25,9 @@ def test_one_expert_top1_equals_the_dense_mlp(backend, renormalize):
     )
     mlp = MLP(16, 12)
     with torch.no_grad():
-        mlp.w1.weight.copy_(layer.w1[0])
-        mlp.w3.weight.copy_(layer.w3[0])
-        mlp.w2.weight.copy_(layer.w2[0])
+        mlp.w1.weight.copy_(layer.experts.w1[0])
+        mlp.w3.weight.copy_(layer.experts.w3[0])
+        mlp.w2.weight.copy_(layer.experts.w2[0])
     x = torch.randn(2, 5, 16, requires_grad=True)
     y_moe, _, stats = layer(x)
     y_mlp = mlp(x)
@@ -87,7 +78,7 @@ def test_shared_experts_are_added_to_every_token():
     x = torch.randn(2, 3, 16)
     y, _, _ = layer(x)
     with torch.no_grad():
-        layer.w2.zero_()  # silence the routed experts
+        layer.experts.w2.zero_()  # silence the routed experts
     y_shared_only, _, _ = layer(x)
     torch.testing.assert_close(y_shared_only, layer.shared(x))
     assert not torch.allclose(y, y_shared_only)

@@ -132,7 +132,7 @@ def test_residual_projections_get_the_scaled_init():
     model = _model(_cfg(d_model=64, dense_hidden=256, n_layers=8, init_std=0.02))
     scaled = 0.02 / math.sqrt(16)
     assert model.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(scaled, rel=0.1)
-    assert model.blocks[0].ffn.w2.std().item() == pytest.approx(scaled, rel=0.1)
+    assert model.blocks[0].ffn.experts.w2.std().item() == pytest.approx(scaled, rel=0.1)
     assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.equal(model.norm.weight, torch.ones(64))
 

@@ -23,14 +23,16 @@ from torch.distributed.tensor import DTensor
 from pipeline.config import ModelConfig, MoEConfig, ParallelConfig
 from pipeline.model import MoETransformer
 from pipeline.model.moe import MoELayer
-from pipeline.parallel import checkpoint as ckpt
-from pipeline.parallel.expert import DP_DIM, EP_DIM
+from pipeline.parallel import dcp
 from pipeline.parallel.setup import (
+    DP_DIM,
+    EP_DIM,
     all_reduce_gradients,
     clip_grad_norm,
     expert_parameters,
     grad_norm,
     parallelize,
+    shard_experts,
 )
 
 # fp32 tolerances: the parallel run sums the same products in another order (per-rank partial
@@ -58,12 +60,12 @@ def world_slice(tensor: torch.Tensor) -> torch.Tensor:
 
 def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter's gradient, expert blocks and FSDP2 shards gathered to full tensors."""
-    shards = ckpt.sharded_keys(model)
+    shards = dcp.sharded_keys(model)
     grads = {}
     for name, p in model.named_parameters():
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         if name in shards:
-            g = shards[name].as_dtensor(g)
+            g = dcp.global_view(g, shards[name])
         grads[name] = g.full_tensor() if isinstance(g, DTensor) else g
     return grads
 
@@ -130,16 +132,14 @@ def skewed_layer(mesh, top_k: int) -> tuple[MoELayer, MoELayer, torch.Tensor]:
     """A reference layer and its expert-parallel copy whose router sends every token to experts
     ``0..top_k-1`` (positive inputs, router rows 0..k-1 positive, the others negative)."""
     torch.manual_seed(1)
-    cfg = MoEConfig(num_experts=4, top_k=top_k, expert_hidden=16, backend="torch")
-    reference = MoELayer(32, cfg)
+    cfg = MoEConfig(num_experts=4, top_k=top_k, expert_hidden=16)
+    reference = MoELayer(32, cfg, backend="torch")
     with torch.no_grad():
-        for p in (reference.w1, reference.w3, reference.w2):
+        for p in reference.experts.parameters():
             p.normal_(std=0.1)
         reference.router.weight.copy_(-torch.ones(4, 32) / 32)
         reference.router.weight[:top_k] = torch.ones(top_k, 32) / 32 + 0.01 * torch.randn(top_k, 32)
     model = copy.deepcopy(reference)
-    from pipeline.parallel.setup import shard_experts
-
     holder = torch.nn.Module()
     holder.blocks = torch.nn.ModuleList([torch.nn.Module()])
     holder.blocks[0].ffn = model
@@ -169,10 +169,10 @@ def scenario_skewed(mesh, top_k: int) -> None:
     router_grad = grads["router.weight"].clone()
     dist.all_reduce(router_grad)  # the summed loss: gradients add over ranks
     torch.testing.assert_close(router_grad, reference.router.weight.grad, **GRAD)
-    shard = model.expert_shard
+    shard = model.experts.shard
     for name in ("w1", "w3", "w2"):
-        full = shard.as_dtensor(grads[name]).full_tensor()
-        torch.testing.assert_close(full, getattr(reference, name).grad, **GRAD)
+        full = dcp.global_view(grads[f"experts.{name}"], shard).full_tensor()
+        torch.testing.assert_close(full, getattr(reference.experts, name).grad, **GRAD)
 
 
 def scenario_reshard(mesh, out_dir: Path) -> None:
@@ -189,20 +189,20 @@ def scenario_reshard(mesh, out_dir: Path) -> None:
     want_full = full(idx).logits.detach()
     want_sharded = sharded(world_slice(idx)).logits.detach()
 
-    ckpt.save_model(sharded, out_dir / "ep")
+    dcp.save_model(sharded, out_dir / "ep")
     fresh_full = MoETransformer(cfg, VOCAB)  # other initial weights (the RNG moved on)
-    ckpt.load_model(fresh_full, out_dir / "ep")
+    dcp.load_model(fresh_full, out_dir / "ep")
     torch.testing.assert_close(fresh_full(idx).logits.detach(), want_full, rtol=0, atol=0)
 
-    ckpt.save_model(full, out_dir / "full")
+    dcp.save_model(full, out_dir / "full")
     fresh_sharded = MoETransformer(cfg, VOCAB)
     parallelize(fresh_sharded, ep, mesh)
-    ckpt.load_model(fresh_sharded, out_dir / "full")
+    dcp.load_model(fresh_sharded, out_dir / "full")
     got = fresh_sharded(world_slice(idx)).logits.detach()
     torch.testing.assert_close(got, want_sharded, rtol=0, atol=0)
     assert all(p.shape[0] == 4 // ep.expert_parallel for p in expert_parameters(fresh_sharded))
 
-    gathered = ckpt.full_model(sharded)  # collective: every rank gathers the experts
+    gathered = dcp.full_model(sharded)  # collective: every rank gathers the experts
     torch.testing.assert_close(gathered(idx).logits.detach(), want_full, rtol=0, atol=0)
 
 

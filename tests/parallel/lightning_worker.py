@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 import tiny  # noqa: E402
 
 from pipeline.paths import Paths  # noqa: E402
-from pipeline.train.outputs import TrainFiles  # noqa: E402
 from pipeline.train.trainer import train  # noqa: E402
 
 
@@ -83,20 +82,23 @@ def main(
 ):
     p = tiny.params(
         max_steps=int(steps),
-        devices=int(devices),
-        strategy=strategy,
-        parallel=json.loads(parallel),
         micro_batch_size=int(micro),
-        log_every=1,
-        val_every=2,
-        checkpoint_every=2,
+        runtime={
+            "devices": int(devices),
+            "strategy": strategy,
+            "parallel": json.loads(parallel),
+            "checkpoint_every": 2,
+        },
+        monitor={"log_every": 1, "val_every": 2},
     )
     if int(kill_at_save):
         kill_in_save(int(kill_at_save))
     callbacks = [StopAfter(int(stop_after))] if int(stop_after) else []
     norms = GradNorms()
-    files = TrainFiles.from_paths(Paths(root=Path(root)))
-    result = train(p, files, logger=norms, progress_bar=False, extra_callbacks=callbacks)
+    paths = Paths(root=Path(root))
+    result = train(
+        p, paths, tiny.RUN_KEY, logger=norms, progress_bar=False, extra_callbacks=callbacks
+    )
     if result.is_global_zero:
         grad_norms = [norms.by_step[step] for step in sorted(norms.by_step)]
         out_json = {"history": result.history, "metrics": result.metrics, "grad_norm": grad_norms}

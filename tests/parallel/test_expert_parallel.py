@@ -68,18 +68,18 @@ def test_fsdp2_with_dp2_by_ep2_on_four_processes_matches_one_process(run_ep):
 
 
 def _params(**parallel) -> dict:
-    return {"train": {"devices": 4, "strategy": "model_parallel", "parallel": parallel}}
+    runtime = {"devices": 4, "strategy": "model_parallel", "parallel": parallel}
+    return {"train": {"runtime": runtime}}
 
 
 def test_layout_rules_name_the_keys():
-    assert parse_params(_params(expert_parallel=2)).train.parallel.expert_parallel == 2
+    assert parse_params(_params(expert_parallel=2)).train.runtime.parallel.expert_parallel == 2
     with pytest.raises(ConfigError, match="expert_parallel = 3 must divide .*num_experts = 8"):
         parse_params(_params(expert_parallel=3))
     with pytest.raises(ConfigError, match=r"data_parallel \(4\) × expert_parallel \(2\) .* = 4"):
         parse_params(_params(data_parallel=4, expert_parallel=2))
-    with pytest.raises(ConfigError, match="needs train.strategy: model_parallel"):
-        parse_params(
-            {"train": {"strategy": "ddp", "parallel": {"expert_parallel": 2}, "devices": 2}}
-        )
-    both = parse_params(_params(expert_parallel=2, sharding="fsdp2")).train.parallel
+    with pytest.raises(ConfigError, match="needs train.runtime.strategy: model_parallel"):
+        runtime = {"strategy": "ddp", "parallel": {"expert_parallel": 2}, "devices": 2}
+        parse_params({"train": {"runtime": runtime}})
+    both = parse_params(_params(expert_parallel=2, sharding="fsdp2")).train.runtime.parallel
     assert (both.expert_parallel, both.sharding) == (2, "fsdp2")

@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.parallel.checkpoint import export_checkpoint
+from pipeline.paths import Paths
+from pipeline.train.consolidate import export_checkpoint
 
 LOSS = {"rel": 1e-5}
 GRAD_NORM = {"rel": 1e-4}  # the gradient tolerance of ep_worker.py
@@ -56,11 +57,11 @@ def assert_same_weights(actual: dict, expected: dict, **tol) -> None:
         torch.testing.assert_close(actual[key], expected[key], **tol, msg=key)
 
 
-def assert_dcp_exports_the_trained_weights(root: Path, tmp_path: Path) -> dict:
+def assert_dcp_exports_the_trained_weights(root: Path, tmp_path: Path, run_key: str) -> dict:
     """The DCP ``last.ckpt/`` converts to exactly the weights the run exported."""
-    models = root / "models"
-    export_checkpoint(models / "checkpoints" / "last.ckpt", tmp_path / "converted")
-    trained = load_file(models / "model.safetensors")
+    paths = Paths(root=root)
+    export_checkpoint(paths.last_checkpoint(run_key), tmp_path / "converted")
+    trained = load_file(paths.model_files.weights)
     assert_same_weights(
         load_file(tmp_path / "converted" / "model.safetensors"), trained, atol=0, rtol=0
     )
@@ -83,7 +84,7 @@ def test_ep2_trains_like_one_process_and_exports_from_dcp(launcher, tiny, single
     assert val[0] == pytest.approx(val[1], **LOSS)
     loads = [[r["load"] for r in run["history"]["load"]] for run in (ep, expected)]
     assert loads[0] == pytest.approx(loads[1], abs=1e-6)
-    trained = assert_dcp_exports_the_trained_weights(tmp_path / "ep", tmp_path)
+    trained = assert_dcp_exports_the_trained_weights(tmp_path / "ep", tmp_path, tiny.RUN_KEY)
     assert_same_weights(trained, expected_weights, **WEIGHTS)
 
 
@@ -103,7 +104,7 @@ def test_fsdp2_trains_like_one_process_and_exports_the_same_weights(
     assert run["grad_norm"] == pytest.approx(expected["grad_norm"], **GRAD_NORM)
     val = [r["history"]["val"][-1]["val_loss"] for r in (run, expected)]
     assert val[0] == pytest.approx(val[1], **LOSS)
-    trained = assert_dcp_exports_the_trained_weights(tmp_path / "fsdp2", tmp_path)
+    trained = assert_dcp_exports_the_trained_weights(tmp_path / "fsdp2", tmp_path, tiny.RUN_KEY)
     assert_same_weights(trained, expected_weights, **WEIGHTS)
 
 

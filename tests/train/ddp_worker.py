@@ -19,13 +19,10 @@ from pipeline.paths import Paths
 def main(root: str, out: str, devices: str, micro_batch: str) -> None:
     p = tiny.params(
         max_steps=4,
-        devices=int(devices),
-        strategy="ddp",
         micro_batch_size=int(micro_batch),
-        log_every=1,
-        # aux-loss-free balancing (no Switch loss, whose per-micro-batch estimate would make the
-        # runs differ): its bias update must see the loads of all ranks
         model={"moe": {"router": "sigmoid_bias", "bias_update_rate": 0.01, "aux_loss_weight": 0.0}},
+        runtime={"devices": int(devices), "strategy": "ddp"},
+        monitor={"log_every": 1},
     )
     result = tiny.run(Paths(root=Path(root)), p)
     if result.is_global_zero:

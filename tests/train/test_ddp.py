@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.paths import Paths
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
@@ -55,7 +57,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
     assert ddp["val"][-1]["val_loss"] == pytest.approx(single["val"][-1]["val_loss"], rel=1e-5)
     biases = [
-        biases_of(tmp_path / run / "models" / "checkpoints" / "last.ckpt")
+        biases_of(Paths(root=tmp_path / run).last_checkpoint(tiny.RUN_KEY))
         for run in ("ddp", "single")
     ]
     assert biases[0].keys() == biases[1].keys() and biases[0]

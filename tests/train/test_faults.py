@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import stage_run
 from pipeline.train.callbacks import NonFiniteLossError
-from pipeline.train.outputs import TrainFiles
 from pipeline.train.trainer import train
 
 
@@ -34,28 +33,31 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     tmp_path, tiny, value
 ):
     paths = tiny.write_tokens(tmp_path)
-    p = tiny.params(max_steps=8, checkpoint_every=2, val_every=100, log_every=1)
+    p = tiny.params(
+        max_steps=8, runtime={"checkpoint_every": 2}, monitor={"val_every": 100, "log_every": 1}
+    )
     with pytest.raises(NonFiniteLossError, match=r"at step 5 .*last good checkpoint .*step 4\)"):
         tiny.run(paths, p, callbacks=[PoisonWeights(step=5, value=value)])
 
-    files = TrainFiles.from_paths(paths)
-    saved = torch.load(files.last_checkpoint, weights_only=True)
+    saved = torch.load(paths.last_checkpoint(tiny.RUN_KEY), weights_only=True)
     assert saved["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
-    assert not files.weights.exists()  # nothing exported from a failed run
+    assert not paths.model_files.weights.exists()  # nothing exported from a failed run
 
 
 def test_non_finite_loss_marks_the_mlflow_run_failed(tmp_path, tiny, mlflow_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths = tiny.write_tokens(tmp_path)
-    p = tiny.params(max_steps=4, checkpoint_every=2, val_every=100, log_every=1)
+    p = tiny.params(
+        max_steps=4, runtime={"checkpoint_every": 2}, monitor={"val_every": 100, "log_every": 1}
+    )
     poison = PoisonWeights(step=3, value=math.nan)
     with (
         pytest.raises(NonFiniteLossError),
         stage_run("train", p, {}, {}, tmp_path / "run.json") as tracked,
     ):
         logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=tracked.run_id)
-        train(p, TrainFiles.from_paths(paths), logger, progress_bar=False, extra_callbacks=[poison])
+        train(p, paths, tiny.RUN_KEY, logger, progress_bar=False, extra_callbacks=[poison])
 
     client = MlflowClient(mlflow_uri)
     run = client.get_run(tracked.run_id)

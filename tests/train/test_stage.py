@@ -20,7 +20,6 @@ from pipeline.data.shards import ShardWriter
 from pipeline.io import write_json
 from pipeline.tracking import stage_run
 from pipeline.train.data import TrainDataError
-from pipeline.train.outputs import TrainFiles
 from stages import train as train_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,21 +35,20 @@ def test_run_writes_metrics_plots_and_weights_and_logs_to_mlflow(
 ):
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns beside a sqlite store
     paths = tiny.write_tokens(tmp_path)
-    p = tiny.params(max_steps=6, log_every=2, val_every=3)
+    p = tiny.params(max_steps=6, monitor={"log_every": 2, "val_every": 3})
     with stage_run("train", p, {}, {}, tmp_path / "run.json") as tracked:
-        metrics = train_stage.run(p, TrainFiles.from_paths(paths), mlflow_run_id=tracked.run_id)
-    files = TrainFiles.from_paths(paths)
+        metrics = train_stage.run(p, paths, tiny.RUN_KEY, mlflow_run_id=tracked.run_id)
 
-    assert json.loads(files.metrics_file.read_text()) == pytest.approx(metrics)
+    assert json.loads(paths.train_metrics.read_text()) == pytest.approx(metrics)
     assert metrics["steps"] == 6 and metrics["params_active"] <= metrics["params_total"]
     assert metrics["val_loss"] < metrics["unigram_entropy"] < np.log(tiny.VOCAB)
     assert metrics["val_perplexity"] == pytest.approx(
         torch.tensor(metrics["val_loss"]).exp().item()
     )
     assert metrics["tokens_per_s"] > 0 and 0 < metrics["mfu"] < 1
-    assert [int(r["step"]) for r in rows(files.plots_dir / "loss.csv")] == [1, 2, 3, 4, 5, 6]
-    assert [int(r["step"]) for r in rows(files.plots_dir / "val.csv")] == [3, 6]
-    load = rows(files.plots_dir / "load.csv")
+    assert [int(r["step"]) for r in rows(paths.train_plots_dir / "loss.csv")] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["step"]) for r in rows(paths.train_plots_dir / "val.csv")] == [3, 6]
+    load = rows(paths.train_plots_dir / "load.csv")
     assert {(r["layer"], r["expert"]) for r in load} == {
         (str(layer), str(e)) for layer in range(2) for e in range(4)
     }
@@ -74,16 +72,15 @@ def test_exported_weights_are_the_final_weights(tmp_path, tiny):
     from pipeline.model import MoETransformer
 
     paths = tiny.write_tokens(tmp_path)
-    p = tiny.params(max_steps=2, checkpoint_every=2)
-    train_stage.run(p, TrainFiles.from_paths(paths))
-    files = TrainFiles.from_paths(paths)
-    config = json.loads(files.model_config.read_text())
+    p = tiny.params(max_steps=2, runtime={"checkpoint_every": 2})
+    train_stage.run(p, paths, tiny.RUN_KEY)
+    config = json.loads(paths.model_files.config.read_text())
     assert config["vocab_size"] == tiny.VOCAB and config["model"] == p.train.model.model_dump(
         mode="json"
     )
     model = MoETransformer(p.train.model, config["vocab_size"])
-    load_model(model, files.weights)
-    final = torch.load(files.last_checkpoint, weights_only=True)["state_dict"]
+    load_model(model, paths.model_files.weights)
+    final = torch.load(paths.last_checkpoint(tiny.RUN_KEY), weights_only=True)["state_dict"]
     exported = model.state_dict()
     assert {f"model.{k}" for k in exported} == set(final)
     assert all(torch.equal(exported[k], final[f"model.{k}"]) for k in exported)
@@ -94,7 +91,7 @@ def test_too_small_corpus_is_a_pipeline_error(tmp_path, tiny):
     with ShardWriter(paths.tokens("train"), "uint16", tiny.VOCAB, tiny.EOT) as writer:
         writer.write_documents([list(range(1, 20))])  # 20 tokens; a window needs 33
     with pytest.raises(TrainDataError, match=r"train.bin: corpus smaller than one training window"):
-        train_stage.run(tiny.params(), TrainFiles.from_paths(paths))
+        train_stage.run(tiny.params(), paths, tiny.RUN_KEY)
 
 
 def test_cli_tracks_the_run_with_lineage(tmp_path, tiny, mlflow_uri):
@@ -129,8 +126,8 @@ def test_cli_tracks_the_run_with_lineage(tmp_path, tiny, mlflow_uri):
 def test_bf16_mixed_runs_on_cpu_and_says_so(tmp_path, tiny, caplog):
     paths = tiny.write_tokens(tmp_path)
     with caplog.at_level("INFO", logger="pipeline.train.callbacks"):
-        p = tiny.params(max_steps=2, precision="bf16-mixed")
-        metrics = train_stage.run(p, TrainFiles.from_paths(paths))
+        p = tiny.params(max_steps=2, runtime={"precision": "bf16-mixed"})
+        metrics = train_stage.run(p, paths, tiny.RUN_KEY)
     assert torch.isfinite(torch.tensor(metrics["val_loss"]))
     assert "precision bf16-mixed" in caplog.text and "training on cpu" in caplog.text
 
@@ -139,7 +136,9 @@ def test_bf16_mixed_runs_on_cpu_and_says_so(tmp_path, tiny, caplog):
 def test_compiled_model_trains_like_eager(tmp_path, tiny):
     """torch.compile changes kernels, not maths: same losses within fp32 fusion noise."""
     eager = tiny.run(tiny.write_tokens(tmp_path / "e"), tiny.params(max_steps=3))
-    compiled = tiny.run(tiny.write_tokens(tmp_path / "c"), tiny.params(max_steps=3, compile=True))
+    compiled = tiny.run(
+        tiny.write_tokens(tmp_path / "c"), tiny.params(max_steps=3, runtime={"compile": True})
+    )
     assert tiny.losses(compiled) == pytest.approx(tiny.losses(eager), rel=1e-4)
 
 
@@ -147,7 +146,11 @@ def test_run_fingerprint_follows_what_is_trained_not_where_or_how_it_is_watched(
     from pipeline.train.outputs import run_fingerprint
 
     base = run_fingerprint(tiny.params(), "data-a")
-    same = [tiny.params(devices=2, strategy="ddp", log_every=1, checkpoint_every=1, resume="never")]
+    runtime = {"devices": 2, "strategy": "ddp", "checkpoint_every": 1, "resume": "never"}
+    same = [
+        tiny.params(runtime=runtime, monitor={"log_every": 1}),
+        tiny.params(runtime={"backend": "reference", "precision": "bf16-mixed", "compile": True}),
+    ]
     other = [tiny.params(max_steps=9), tiny.params(optim={"lr": 0.5}), tiny.params(seq_len=16)]
     assert {run_fingerprint(p, "data-a") for p in same} == {base}
     assert base not in {run_fingerprint(p, "data-a") for p in other}

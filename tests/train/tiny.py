@@ -16,7 +16,6 @@ import numpy as np
 from pipeline.config import Params, parse_params
 from pipeline.data.shards import ShardWriter
 from pipeline.paths import Paths
-from pipeline.train.outputs import TrainFiles
 from pipeline.train.trainer import TrainResult, train
 
 VOCAB = 300
@@ -37,23 +36,21 @@ TINY: dict[str, Any] = {
         "seq_len": 32,
         "micro_batch_size": 4,
         "max_steps": 8,
-        "precision": "32-true",
-        "accelerator": "cpu",
-        "log_every": 2,
-        "val_every": 4,
-        "val_batches": 2,
-        "checkpoint_every": 4,
-        "peak_flops": 1e11,  # skip the matmul timing in tests
+        "runtime": {"precision": "32-true", "accelerator": "cpu", "checkpoint_every": 4},
+        "monitor": {
+            "log_every": 2,
+            "val_every": 4,
+            "val_batches": 2,
+            "peak_flops": 1e11,  # skip the matmul timing in tests
+        },
     },
 }
 
 # The golden loss curve's run (tests/assets/golden_loss_tiny.json, tests/train/make_golden.py).
 GOLDEN: dict[str, Any] = {
     "max_steps": 20,
-    "log_every": 5,
-    "val_every": 10,
-    "checkpoint_every": 20,
-    "resume": "never",
+    "runtime": {"checkpoint_every": 20, "resume": "never"},
+    "monitor": {"log_every": 5, "val_every": 10},
 }
 
 
@@ -88,8 +85,11 @@ def write_tokens(root: Path, train_tokens: int = 12_000, val_tokens: int = 1_500
     return paths
 
 
+RUN_KEY = "tiny"  # the checkpoint directory of these runs (the stage uses the run fingerprint)
+
+
 def run(paths: Paths, p: Params, callbacks: Sequence = ()) -> TrainResult:
-    return train(p, TrainFiles.from_paths(paths), progress_bar=False, extra_callbacks=callbacks)
+    return train(p, paths, RUN_KEY, progress_bar=False, extra_callbacks=callbacks)
 
 
 def losses(result: TrainResult) -> list[float]:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from pipeline.parallel.checkpoint import (
+from pipeline.parallel.dcp import (
     METADATA_FILE,
     consolidate,
     existing_checkpoint,
@@ -17,6 +17,7 @@ from pipeline.parallel.checkpoint import (
     publish,
     staging_dir,
 )
+from pipeline.paths import Paths
 
 
 def fake_checkpoint(path, text: str):
@@ -57,12 +58,14 @@ def test_killed_save_keeps_the_previous_last_checkpoint_and_the_run_resumes(
         tiny.write_tokens(root)
     launcher.lightning_train(stopped, tmp_path / "stopped.json", [*args, "2"])
     launcher.lightning_train(killed, tmp_path / "killed.json", [*args, "0", "2"], returncode=-9)
-    last = killed / "models" / "checkpoints" / "last.ckpt"
+    last = Paths(root=killed).last_checkpoint(tiny.RUN_KEY)
     partial = staging_dir(last)
     assert partial.is_dir() and not (partial / METADATA_FILE).exists()  # the kill hit mid-save
     meta = torch.load(last / METADATA_FILE, map_location="cpu", weights_only=True)
     assert meta["global_step"] == 2
-    got, want = (consolidate(r / "models" / "checkpoints" / "last.ckpt") for r in (killed, stopped))
+    got, want = (
+        consolidate(Paths(root=r).last_checkpoint(tiny.RUN_KEY)) for r in (killed, stopped)
+    )
     assert got.keys() == want.keys() == {"state_dict", "optimizer_0"}
     torch.testing.assert_close(got["state_dict"], want["state_dict"], rtol=0, atol=0)
     got_opt, want_opt = got["optimizer_0"], want["optimizer_0"]

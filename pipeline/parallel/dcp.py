@@ -1,4 +1,4 @@
-"""Distributed checkpoints (torch.distributed.checkpoint) that reshard across layouts.
+"""Distributed checkpoints (torch.distributed.checkpoint, DCP) that reshard across layouts.
 
 A DCP checkpoint stores every tensor with its global shape and the offsets of the pieces each
 rank wrote, so it loads into any layout. Expert-parallel blocks are plain ``(E / P, ...)``
@@ -6,12 +6,8 @@ parameters during training; :func:`as_global` presents them as views of the ``(E
 tensors (DTensors sharing the parameters' storage), which is all DCP needs to save them once
 and to load them into another expert-parallel size, or into an ordinary unsharded model (a
 single process, evaluation). FSDP2 weights are DTensors already; replicated weights are saved
-once.
-
-:func:`export_checkpoint` turns such a checkpoint directory into the single-file
-``model.safetensors`` (+ ``model_config.json``) that evaluation and the HF export read:
-
-    python -m pipeline.parallel.checkpoint models/checkpoints/<run>/last.ckpt models
+once. :func:`consolidate` reads one back as an ordinary state dict in a single process
+(``pipeline.train.consolidate`` turns a training checkpoint into ``model.safetensors``).
 
 A checkpoint directory is published atomically (:func:`publish`): the ranks write into a
 staging directory beside the target, which is renamed into place once complete, so a killed
@@ -20,7 +16,6 @@ save never leaves a partial ``last.ckpt/`` under the final name.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -31,11 +26,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from pipeline.config import ModelConfig
 from pipeline.model import MoETransformer
-from pipeline.parallel.expert import ExpertShard
+from pipeline.model.dispatch import ExpertShard
+from pipeline.model.experts import GroupedExperts
 
 METADATA_FILE = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor checkpoint part
 
@@ -43,11 +38,26 @@ METADATA_FILE = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor c
 def sharded_keys(module: nn.Module) -> dict[str, ExpertShard]:
     """State-dict keys (relative to ``module``) of the expert-parallel blocks."""
     return {
-        f"{name}.{w}": m.expert_shard
+        f"{name}.{weight}": m.shard
         for name, m in module.named_modules()
-        if getattr(m, "expert_shard", None) is not None
-        for w in ("w1", "w3", "w2")
+        if isinstance(m, GroupedExperts) and m.shard is not None
+        for weight, _ in m.named_parameters()
     }
+
+
+def global_view(local: torch.Tensor, shard: ExpertShard) -> DTensor:
+    """This rank's block as a view of the whole ``(E, ...)`` tensor: replicated over the
+    data-parallel dimension, split along dim 0 over the expert-parallel one. Shares the storage
+    of ``local``, so loading into it writes the parameter in place."""
+    shape = (shard.num_experts, *local.shape[1:])
+    return DTensor.from_local(
+        local,
+        shard.mesh,
+        [Replicate(), Shard(0)],
+        run_check=False,
+        shape=torch.Size(shape),
+        stride=torch.empty(shape, device="meta").stride(),
+    )
 
 
 def as_global(state: dict[str, Any], shards: dict[str, ExpertShard]) -> dict[str, Any]:
@@ -67,7 +77,7 @@ def as_global(state: dict[str, Any], shards: dict[str, ExpertShard]) -> dict[str
 def _wrap(value: Any, shard: ExpertShard | None) -> Any:
     if shard is None or not isinstance(value, torch.Tensor) or value.dim() == 0:
         return value
-    return shard.as_dtensor(value)
+    return global_view(value, shard)
 
 
 def as_local(state: dict[str, Any], shards: dict[str, ExpertShard]) -> dict[str, Any]:
@@ -166,38 +176,3 @@ def consolidate(directory: Path) -> dict[str, Any]:
         single = Path(tmp) / "checkpoint.pt"
         dcp_to_torch_save(str(directory), str(single))
         return torch.load(single, map_location="cpu", weights_only=True)
-
-
-def model_from_checkpoint(directory: Path, prefix: str = "model.") -> MoETransformer:
-    """The unsharded model of a Lightning DCP checkpoint (its identity comes from meta.pt)."""
-    from pipeline.train.checkpoint import CHECKPOINT_KEY
-
-    meta = torch.load(Path(directory) / METADATA_FILE, map_location="cpu", weights_only=True)
-    identity = meta[CHECKPOINT_KEY]["identity"]
-    model = MoETransformer(ModelConfig.model_validate(identity["model"]), identity["vocab_size"])
-    weights = consolidate(directory)["state_dict"]
-    model.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items()})
-    return model
-
-
-def export_checkpoint(directory: Path, models_dir: Path) -> None:
-    """Write ``models_dir/model.safetensors`` and ``model_config.json`` from a DCP checkpoint."""
-    from pipeline.train.checkpoint import export_weights, model_identity
-
-    model = model_from_checkpoint(directory)
-    identity = model_identity(model.cfg, model.vocab_size)
-    export_weights(
-        model, identity, models_dir / "model.safetensors", models_dir / "model_config.json"
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=export_checkpoint.__doc__)
-    parser.add_argument("checkpoint", type=Path, help="a DCP checkpoint directory (*.ckpt/)")
-    parser.add_argument("models_dir", type=Path, help="where model.safetensors is written")
-    args = parser.parse_args()
-    export_checkpoint(args.checkpoint, args.models_dir)
-
-
-if __name__ == "__main__":
-    main()

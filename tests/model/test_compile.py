@@ -20,13 +20,13 @@ from pipeline.config import MoEConfig
 from pipeline.model import MoELayer
 
 D = 16
-FUSED_OPS = {"moe_triton.fused_route", "moe_triton.assign_rows", "moe_triton.swiglu_experts",
-             "moe_triton.gather_sum"}  # fmt: skip
+FUSED_OPS = {"moe_triton.fused_route", "moe_triton.group_by_expert", "moe_triton.grouped_swiglu",
+             "moe_triton.combine"}  # fmt: skip
 
 
 def _layer(router: str, device: torch.device) -> MoELayer:
-    cfg = MoEConfig(num_experts=4, top_k=2, expert_hidden=8, router=router, backend="triton")
-    layer = MoELayer(D, cfg)
+    cfg = MoEConfig(num_experts=4, top_k=2, expert_hidden=8, router=router)
+    layer = MoELayer(D, cfg, backend="triton")
     g = torch.Generator().manual_seed(0)
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.3, generator=g)
@@ -53,12 +53,12 @@ def _graph_ops(counter: CompileCounterWithBackend) -> set[str]:
 @pytest.mark.parametrize(
     "router,compiler", [("softmax_topk", "inductor"), ("sigmoid_bias", "aot_eager")]
 )
-def test_compiled_moe_layer_matches_eager(device, router, compiler):
+def test_compiled_moe_layer_matches_eager(triton_device, router, compiler):
     torch._dynamo.reset()
-    layer = _layer(router, device)
+    layer = _layer(router, triton_device)
     g = torch.Generator().manual_seed(1)
-    x_BLD = torch.randn(2, 7, D, generator=g).to(device).requires_grad_()
-    grad_BLD = torch.randn(2, 7, D, generator=g).to(device)
+    x_BLD = torch.randn(2, 7, D, generator=g).to(triton_device).requires_grad_()
+    grad_BLD = torch.randn(2, 7, D, generator=g).to(triton_device)
     counter = CompileCounterWithBackend(compiler)
     compiled = torch.compile(layer, backend=counter, fullgraph=True)
     got = _run(compiled, layer, x_BLD, grad_BLD)

@@ -15,10 +15,10 @@ STEPS = 4
 def _losses(backend: str, device: torch.device, moe: dict) -> list[float]:
     cfg = ModelConfig(
         d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, dense_hidden=48, max_seq_len=16,
-        moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=24, backend=backend, **moe),
+        moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=24, **moe),
     )  # fmt: skip
     torch.manual_seed(0)
-    model = MoETransformer(cfg, VOCAB).to(device).train()
+    model = MoETransformer(cfg, VOCAB, backend=backend).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     idx = torch.randint(0, VOCAB, (STEPS, 2, 16), generator=torch.Generator().manual_seed(1))
     out = []
@@ -41,7 +41,7 @@ def _losses(backend: str, device: torch.device, moe: dict) -> list[float]:
     [{}, {"capacity_factor": 0.75, "drop_policy": "position"}, {"router": "sigmoid_bias"}],
     ids=["dropless", "capacity", "sigmoid_bias"],
 )
-def test_triton_backend_trains_like_torch_backend(device, moe):
-    got, want = _losses("triton", device, moe), _losses("torch", device, moe)
+def test_triton_backend_trains_like_torch_backend(triton_device, moe):
+    got, want = _losses("triton", triton_device, moe), _losses("torch", triton_device, moe)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
     assert want[-1] < want[0], "the loss should fall in a few steps"

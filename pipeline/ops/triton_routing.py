@@ -2,20 +2,21 @@
 
 ``fused_route(logits, k, score, renormalize, bias)`` returns, in one kernel launch,
 ``(weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum)`` (see
-:mod:`pipeline.kernels.router`). The float outputs carry gradients to the logits; the ids and
+:mod:`pipeline.kernels.topk_routing`). The float outputs carry gradients to the logits; the ids and
 counts do not. Every output shape follows from the input shapes, so ``torch.compile`` traces
 around the op without reading anything back to the host.
 
-What the sums give the losses (T tokens): the Switch loss's mean router probability is
-``prob_sum_E / T``, the z-loss is ``z_sum / T``, and ``counts_E`` are the Switch loss's (and the
-aux-loss-free bias update's) assignment counts.
+What the sums give the router losses (T tokens, :mod:`pipeline.model.losses`): the Switch
+loss's mean router probability is ``prob_sum_E / T``, the z-loss is ``z_sum / T``, and
+``counts_E`` are the Switch loss's (and the aux-loss-free bias update's, and the logged load's)
+assignment counts: one histogram per layer and step.
 
-Legend: T tokens, E experts, K slots per token.
+Shapes (``docs/ARCHITECTURE.md``): T tokens, E experts, K slots per token.
 """
 
 import torch
 
-from pipeline.kernels import router
+from pipeline.kernels import topk_routing
 
 _LIB = "moe_triton"
 
@@ -28,7 +29,7 @@ def fused_route(
     renormalize: bool,
     bias_E: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = router.route(logits_TE, k, score=score, renormalize=renormalize, bias_E=bias_E)
+    out = topk_routing.topk_route(logits_TE, k, score=score, renormalize=renormalize, bias_E=bias_E)
     return out.weights_TK, out.ids_TK, out.probs_TE, out.counts_E, out.prob_sum_E, out.z_sum
 
 
@@ -57,7 +58,7 @@ def fused_route_backward(
     score: str,
     renormalize: bool,
 ) -> torch.Tensor:
-    return router.route_backward(
+    return topk_routing.topk_route_backward(
         logits_TE, ids_TK, dweights_TK, dprobs_TE, dprob_sum_E, dz_sum,
         score=score, renormalize=renormalize,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe loads, config checks on resume, and the exported weights.
+"""Training checkpoint files: atomic writes, safe loads, and the config checks of a resume.
 
 Lightning's ``TorchCheckpointIO`` (2.6) serialises to memory and writes through an fsspec
 transaction whose local temporary file lives in the system temp directory; committing it is a
@@ -12,7 +12,6 @@ numbers, strings and containers only, so no pickle code ever runs.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 from pathlib import Path
@@ -20,15 +19,12 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
-from safetensors.torch import save_model
-from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.config import flatten_keys
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path
 
 CHECKPOINT_KEY = "moe_pipeline"  # our section of a Lightning checkpoint
-WEIGHTS_FORMAT = "moe-pipeline-weights/1"
 
 
 class CheckpointMismatchError(PipelineError, ValueError):
@@ -93,7 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointMismatchError(
                 f"{path} is a distributed checkpoint directory (train.strategy: model_parallel); "
                 "resume it with that strategy, or convert it to single-file weights with "
-                f"`python -m pipeline.parallel.checkpoint {path} <models dir>`"
+                f"`python -m pipeline.train.consolidate {path} <models dir>`"
             )
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -119,19 +115,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: checkpoint X, params Y`` for every dotted key whose values differ."""
-    a, b = flatten(saved), flatten(current)
+    a, b = flatten_keys(saved), flatten_keys(current)
     missing = object()
     return [
         f"{key}: checkpoint {a.get(key, '<absent>')!r}, params {b.get(key, '<absent>')!r}"
@@ -140,24 +126,11 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     ]
 
 
-def model_identity(cfg: ModelConfig, vocab_size: int) -> dict[str, Any]:
-    """What must match for weights to load: the model config and the vocabulary size."""
-    return {"model": cfg.model_dump(mode="json"), "vocab_size": vocab_size}
-
-
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
     differences = config_differences(saved, current)
     if differences:
         raise CheckpointMismatchError(
             f"{source} was written for a different model; differences:\n  "
             + "\n  ".join(differences)
-            + "\n(delete the checkpoint or set train.resume: never to start afresh)"
+            + "\n(delete the checkpoint or set train.runtime.resume: never to start afresh)"
         )
-
-
-def export_weights(model: nn.Module, identity: dict[str, Any], weights: Path, config: Path) -> None:
-    """``model.safetensors`` (load with ``safetensors.torch.load_model``: tied tensors are stored
-    once) and ``model_config.json`` (model config + vocab size), both written atomically."""
-    with atomic_path(weights) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt", "identity": json.dumps(identity)})
-    write_json(config, {"format": WEIGHTS_FORMAT, **identity})

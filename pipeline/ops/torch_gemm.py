@@ -6,8 +6,9 @@ bf16 in torch 2.13). It refuses operands whose non-unit strides are not multiple
 :func:`grouped_mm` checks those conditions up front and otherwise runs a plain loop of
 ``torch.mm`` over the groups. Which path ran is logged once per reason, never silently.
 
-Legend: S routed rows sorted by expert, E experts, K/N/M matrix dims; ``offs_E`` holds the
-cumulative end row of each expert's group (int32), so group e is rows ``offs[e-1]:offs[e]``.
+Shapes (``docs/ARCHITECTURE.md``): S rows grouped by expert, E experts; Z the contracted, N the
+output and Q the first operand's (weight-gradient) dimension. ``offs_E`` holds the cumulative
+end row of each expert's group (int32), so group e is rows ``offs[e-1]:offs[e]``.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def _native_unsupported_reason(a: torch.Tensor, b: torch.Tensor) -> str | None:
 def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """Per-expert products, one group of the shared dimension S per expert.
 
-    - ``a (S, K)``, ``b (E, K, N)`` -> ``(S, N)``: rows of group e times ``b[e]``.
-    - ``a (M, S)``, ``b (S, N)`` -> ``(E, M, N)``: ``a[:, group e] @ b[group e]`` (weight
+    - ``a (S, Z)``, ``b (E, Z, N)`` -> ``(S, N)``: rows of group e times ``b[e]``.
+    - ``a (Q, S)``, ``b (S, N)`` -> ``(E, Q, N)``: ``a[:, group e] @ b[group e]`` (weight
       gradients); an empty group gives zeros.
     """
     reason = _native_unsupported_reason(a, b)
@@ -96,12 +97,12 @@ def _loop_mm(a: torch.Tensor, b: torch.Tensor, offs_E: torch.Tensor) -> torch.Te
     """The same contract as :func:`grouped_mm`, one ``torch.mm`` per group."""
     ends = offs_E.tolist()
     bounds = list(zip([0, *ends[:-1]], ends, strict=True))
-    if b.dim() == 3:  # (S, K) x (E, K, N) -> (S, N)
+    if b.dim() == 3:  # (S, Z) x (E, Z, N) -> (S, N)
         out = a.new_empty(a.shape[0], b.shape[-1])
         for e, (lo, hi) in enumerate(bounds):
             torch.mm(a[lo:hi], b[e], out=out[lo:hi])
         return out
-    out = a.new_empty(len(bounds), a.shape[0], b.shape[-1])  # (M, S) x (S, N) -> (E, M, N)
+    out = a.new_empty(len(bounds), a.shape[0], b.shape[-1])  # (Q, S) x (S, N) -> (E, Q, N)
     for e, (lo, hi) in enumerate(bounds):
         torch.mm(a[:, lo:hi], b[lo:hi], out=out[e])
     return out

@@ -18,7 +18,8 @@ Backward (``_route_bwd_kernel``): recomputes the scores from the logits and send
 of the weights, of ``probs``, of the per-expert ``probs`` sums and of the z-loss sum back to the
 logits. With renormalisation ``w_j = q_j / Σq``, so ``dq_j = (dw_j - Σ_i dw_i w_i) / Σq``.
 
-Legend: T tokens, E experts, K slots per token, B token blocks.
+Shapes (``docs/ARCHITECTURE.md``): T tokens, E experts, K slots per token, J token blocks (one
+program each).
 """
 
 from __future__ import annotations
@@ -86,23 +87,23 @@ def _route_fwd_kernel(
         probs = softmax
         key = logits
     slots = tl.arange(0, K_PAD)
-    w_BK = tl.zeros((BT, K_PAD), dtype=ACC)
-    ids_BK = tl.zeros((BT, K_PAD), dtype=tl.int64)
+    w_tile = tl.zeros((BT, K_PAD), dtype=ACC)
+    ids_tile = tl.zeros((BT, K_PAD), dtype=tl.int64)
     chosen = tl.zeros((BT, E_PAD), dtype=tl.int32)
     for k in range(K):
         pick = tl.argmax(key, axis=1, tie_break_left=True)
         hit = e[None, :] == pick[:, None]
         q = tl.sum(tl.where(hit, score, 0.0), axis=1)
-        w_BK = tl.where(slots[None, :] == k, q[:, None], w_BK)
-        ids_BK = tl.where(slots[None, :] == k, pick[:, None].to(tl.int64), ids_BK)
+        w_tile = tl.where(slots[None, :] == k, q[:, None], w_tile)
+        ids_tile = tl.where(slots[None, :] == k, pick[:, None].to(tl.int64), ids_tile)
         chosen += hit.to(tl.int32)
         key = tl.where(hit, float("-inf"), key)
     if RENORM:
-        w_BK = w_BK / tl.sum(w_BK, axis=1)[:, None]
+        w_tile = w_tile / tl.sum(w_tile, axis=1)[:, None]
     tk_ok = t_ok[:, None] & (slots[None, :] < K)
     tk_at = t[:, None].to(tl.int64) * K + slots[None, :]
-    tl.store(w_ptr + tk_at, w_BK.to(w_ptr.dtype.element_ty), mask=tk_ok)
-    tl.store(ids_ptr + tk_at, ids_BK, mask=tk_ok)
+    tl.store(w_ptr + tk_at, w_tile.to(w_ptr.dtype.element_ty), mask=tk_ok)
+    tl.store(ids_ptr + tk_at, ids_tile, mask=tk_ok)
     te_ok = t_ok[:, None] & e_ok[None, :]
     tl.store(probs_ptr + t[:, None].to(tl.int64) * E + e[None, :],
              probs.to(probs_ptr.dtype.element_ty), mask=te_ok)  # fmt: skip
@@ -161,7 +162,7 @@ def _route_bwd_kernel(
 
 
 @dataclass(frozen=True)
-class Route:
+class TopKRoute:
     """The fused router's outputs (all on the logits' device, in their dtype unless stated).
 
     ``weights_TK``, ``ids_TK`` (int64, slots in descending score order), ``probs_TE``,
@@ -195,14 +196,14 @@ def _check_args(logits_TE: torch.Tensor, k: int, score: str) -> tuple[int, int]:
     return t, e
 
 
-def route(
+def topk_route(
     logits_TE: torch.Tensor,
     k: int,
     *,
     score: str = "softmax",
     renormalize: bool = True,
     bias_E: torch.Tensor | None = None,
-) -> Route:
+) -> TopKRoute:
     """Top-``k`` routing of ``logits_TE`` (see the module docstring); ``bias_E`` only with
     ``score="sigmoid"``."""
     t, e = _check_args(logits_TE, k, score)
@@ -217,29 +218,29 @@ def route(
     new = logits_TE.new_empty
     weights_TK, ids_TK, probs_TE = new(t, k), new(t, k, dtype=torch.int64), new(t, e)
     # Per-block partial sums, reduced below in a fixed order (deterministic, no atomics).
-    counts_BE, prob_sum_BE, z_sum_B = (
+    counts_JE, prob_sum_JE, z_sum_J = (
         new(blocks, e_pad, dtype=torch.int32),
         new(blocks, e_pad),
         new(blocks),
     )
     if t:
         _route_fwd_kernel[(blocks,)](
-            logits_TE, bias_E, weights_TK, ids_TK, probs_TE, counts_BE, prob_sum_BE, z_sum_B,
+            logits_TE, bias_E, weights_TK, ids_TK, probs_TE, counts_JE, prob_sum_JE, z_sum_J,
             t, e, k, logits_TE.stride(0),
             SIGMOID=score == "sigmoid", HAS_BIAS=bias_E is not None, RENORM=renormalize,
             ACC=acc_dtype(logits_TE.dtype), BT=bt, E_PAD=e_pad, K_PAD=pow2(k, 2),
         )  # fmt: skip
-    return Route(
+    return TopKRoute(
         weights_TK,
         ids_TK,
         probs_TE,
-        counts_BE.sum(0, dtype=torch.int32)[:e],
-        prob_sum_BE.sum(0)[:e],
-        z_sum_B.sum(),
+        counts_JE.sum(0, dtype=torch.int32)[:e],
+        prob_sum_JE.sum(0)[:e],
+        z_sum_J.sum(),
     )
 
 
-def route_backward(
+def topk_route_backward(
     logits_TE: torch.Tensor,
     ids_TK: torch.Tensor,
     dweights_TK: torch.Tensor,
@@ -250,7 +251,7 @@ def route_backward(
     score: str,
     renormalize: bool,
 ) -> torch.Tensor:
-    """(T, E) gradient of the logits from the gradients of :class:`Route`'s float outputs."""
+    """(T, E) gradient of the logits from the gradients of :class:`TopKRoute`'s float outputs."""
     check("ids_TK", ids_TK, shape=(logits_TE.shape[0], None), dtypes=(torch.int32, torch.int64))
     k = ids_TK.shape[1]
     t, e = _check_args(logits_TE, k, score)

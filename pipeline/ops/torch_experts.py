@@ -1,18 +1,19 @@
-"""The ``torch`` backend: sort assignments by expert, grouped-GEMM SwiGLU experts, scatter back.
+"""The ``torch`` backend's experts: SwiGLU over expert-grouped rows as grouped GEMMs.
 
-Steps (one autograd node, so the backward chooses its own GEMM layouts and keeps only what it
-needs):
+One autograd node (gather → grouped SwiGLU), so the backward chooses its own GEMM layouts and
+keeps only what it needs:
 
-1. dispatch: stable-sort the (token, slot) assignments by expert id, drop empty slots (id -1),
-   histogram + prefix sum give each expert's row range (``offs_E``);
-2. experts: ``h = silu(x W1ᵀ) * (x W3ᵀ) * w`` and ``o = h W2ᵀ`` as grouped GEMMs over the groups
-   (``W1`` and ``W3`` stacked into one ``(E, 2F, D)`` operand, so one GEMM computes both
-   projections forward, and one computes their input gradient backward);
-   the routing weight ``w`` scales the hidden rows (S×F) rather than the outputs (S×D), which is
-   cheaper for fine-grained experts (F < D) and identical in exact arithmetic;
-3. combine: ``index_add`` of the rows back onto their tokens.
+- the token rows are gathered by ``tok_S`` inside the node, and the gather's backward (an
+  ``index_add`` of the row gradients) runs inside its backward;
+- ``h = silu(x W1ᵀ) * (x W3ᵀ) * w`` and ``o = h W2ᵀ`` as grouped GEMMs over the groups (``W1`` and
+  ``W3`` stacked into one ``(E, 2F, D)`` operand, so one GEMM computes both projections forward,
+  and one computes their input gradient backward);
+- the routing weight ``w`` scales the hidden rows (S×F) rather than the outputs (S×D), which is
+  cheaper for fine-grained experts (F < D) and identical in exact arithmetic; the combine
+  (:mod:`pipeline.ops.torch_dispatch`) then only sums rows.
 
-Legend: T tokens, K slots per token, S kept assignments, E experts, D model dim, F expert hidden.
+Shapes (``docs/ARCHITECTURE.md``): T tokens, S grouped rows, E experts, D model dim, F expert
+hidden.
 """
 
 from __future__ import annotations
@@ -20,47 +21,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.ops.grouped_gemm import gemm_dtype, grouped_mm
+from pipeline.ops.torch_gemm import gemm_dtype, grouped_mm
 
 
-def sorted_experts(
+def swiglu_experts(
     x_TD: torch.Tensor,
-    weights_TK: torch.Tensor,
-    ids_TK: torch.Tensor,
+    tok_S: torch.Tensor,
+    offs_E: torch.Tensor,
+    weight_S: torch.Tensor | None,
     w1_EFD: torch.Tensor,
     w3_EFD: torch.Tensor,
     w2_EDF: torch.Tensor,
 ) -> torch.Tensor:
-    """Routed SwiGLU experts; the same contract as :func:`pipeline.ops.reference.reference_experts`."""
-    order_S, offs_E = _sort_assignments(ids_TK, w1_EFD.shape[0])
-    tok_S = order_S // ids_TK.shape[1]
-    w_S = weights_TK.reshape(-1)[order_S]
-    return _GroupedSwiGLU.apply(x_TD, w_S, tok_S, offs_E, w1_EFD, w3_EFD, w2_EDF)
-
-
-@torch.no_grad()
-def _sort_assignments(ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat slot indices ordered by expert (stable: token order within an expert), and group ends."""
-    flat = ids_TK.reshape(-1)
-    counts = torch.bincount(flat + 1, minlength=num_experts + 1)  # bin 0 counts empty slots (-1)
-    order_S = torch.argsort(flat, stable=True)[int(counts[0]) :]
-    offs_E = counts[1:].cumsum(0).to(torch.int32)
-    return order_S, offs_E
+    """``o[s] = weight[s] · SwiGLU_e(x[tok[s]])`` for the rows ``s`` of each expert ``e``'s group
+    (no weight when ``weight_S`` is None), in the GEMM dtype (:func:`gemm_dtype`)."""
+    return _GroupedSwiGLU.apply(x_TD, weight_S, tok_S, offs_E, w1_EFD, w3_EFD, w2_EDF)
 
 
 # On a CPU, when the pre-activations [g | u] (S×2F) far exceed the last-level cache, the
 # SwiGLU elementwise passes over them run at DRAM speed; running the experts one by one, each
 # GEMM followed at once by its elementwise work on a cache-sized group, avoids that. Measured on
-# a 2-core EPYC (fp32, T=4096, D=512, the two paths alternating in one process): E=8, I=1024
-# ([g | u] 64 MiB, 1024 rows per expert) 571 vs 625 ms per layer forward+backward; E=64, I=128
-# (32 MiB, 512 rows) 448 vs 424 ms; the default model (E=8, I=256, D=256, 16 MiB) trains at
+# a 2-core EPYC (fp32, T=4096, D=512, the two paths alternating in one process): E=8, F=1024
+# ([g | u] 64 MiB, 1024 rows per expert) 571 vs 625 ms per layer forward+backward; E=64, F=128
+# (32 MiB, 512 rows) 448 vs 424 ms; the default model (E=8, F=256, D=256, 16 MiB) trains at
 # 0.77x a dense model's tokens/s expert by expert, 0.91x grouped. Hence both thresholds.
 CPU_PER_GROUP_MIN_BYTES = 48 * 2**20  # of the [g | u] buffer
 CPU_PER_GROUP_MIN_ROWS = 256  # mean rows per expert: smaller GEMMs lose more than cache gains
 
 
 class _GroupedSwiGLU(torch.autograd.Function):
-    """Gather → grouped SwiGLU → weighted scatter-add, with a hand-written backward.
+    """Gather → grouped SwiGLU (weighted hidden rows), with a hand-written backward.
 
     Saved for backward: the gathered rows ``xs`` (S×D), the stacked pre-activations ``[g | u]``
     (S×2F), ``silu(g)`` and the activation ``a = silu(g)·u`` (S×F each): keeping the last two
@@ -76,31 +66,31 @@ class _GroupedSwiGLU(torch.autograd.Function):
         w13_E2FD = torch.cat([w1_EFD, w3_EFD], dim=1).to(dt)  # one GEMM for both projections
         w2 = w2_EDF.to(dt)
         xs_SD = x_TD.to(dt).index_select(0, tok_S)
-        ws_S1 = w_S.to(dt).unsqueeze(1)
+        ws_S1 = None if w_S is None else w_S.to(dt).unsqueeze(1)
         groups = _per_group(xs_SD, offs_E, w2.shape[-1])
         if groups is None:
             saved, o_SD = _swiglu_forward(xs_SD, ws_S1, w13_E2FD, w2, _grouped(offs_E))
         else:
             parts = [
                 _swiglu_forward(
-                    xs_SD[lo:hi], ws_S1[lo:hi], w13_E2FD[e : e + 1], w2[e : e + 1], _single
+                    xs_SD[lo:hi], _rows(ws_S1, lo, hi), w13_E2FD[e : e + 1], w2[e : e + 1], _single
                 )
                 for e, lo, hi in groups
             ]
             saved = [torch.cat(tensors) for tensors in zip(*(p[0] for p in parts), strict=True)]
             o_SD = torch.cat([p[1] for p in parts])
-        y_TD = o_SD.new_zeros(x_TD.shape).index_add_(0, tok_S, o_SD)
         ctx.save_for_backward(xs_SD, ws_S1, *saved, tok_S, offs_E, w13_E2FD, w2)
-        ctx.dtypes = (x_TD.dtype, w_S.dtype, w1_EFD.dtype, w3_EFD.dtype, w2_EDF.dtype)
+        weight_dtype = None if w_S is None else w_S.dtype
+        ctx.dtypes = (x_TD.dtype, weight_dtype, w1_EFD.dtype, w3_EFD.dtype, w2_EDF.dtype)
         ctx.num_tokens = x_TD.shape[0]
-        return y_TD.to(x_TD.dtype)
+        return o_SD
 
     @staticmethod
-    def backward(ctx, dy_TD):
+    def backward(ctx, do_SD):
         xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, tok_S, offs_E, w13_E2FD, w2 = ctx.saved_tensors
         dx_dtype, dw_dtype, dw1_dtype, dw3_dtype, dw2_dtype = ctx.dtypes
-        # index_select also makes a stride-0 incoming gradient contiguous (grouped_mm needs that).
-        do_SD = dy_TD.to(xs_SD.dtype).index_select(0, tok_S)
+        # grouped_mm needs a contiguous gradient (a stride-0 one, from a sum, is not).
+        do_SD = do_SD.contiguous()
         rows = (do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF)
         groups = _per_group(xs_SD, offs_E, w2.shape[-1])
         if groups is None:
@@ -110,10 +100,11 @@ class _GroupedSwiGLU(torch.autograd.Function):
             parts = []
             for e, lo, hi in groups:
                 dxs, dws, dw13[e], dw2[e] = _swiglu_backward(
-                    *(t[lo:hi] for t in rows), w13_E2FD[e : e + 1], w2[e : e + 1], _single
+                    *(_rows(t, lo, hi) for t in rows), w13_E2FD[e : e + 1], w2[e : e + 1], _single
                 )
                 parts.append((dxs, dws))
-            dxs_SD, dws_S = (torch.cat(t) for t in zip(*parts, strict=True))
+            dxs_SD = torch.cat([dxs for dxs, _ in parts])
+            dws_S = None if ws_S1 is None else torch.cat([dws for _, dws in parts])
         dx_TD = dxs_SD.new_zeros(ctx.num_tokens, dxs_SD.shape[1]).index_add_(0, tok_S, dxs_SD)
         dw1, dw3 = dw13.chunk(2, dim=1)
         return (
@@ -142,13 +133,17 @@ def _per_group(
     return [(e, lo, hi) for e, (lo, hi) in bounds if hi > lo] or None
 
 
+def _rows(t: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+    return None if t is None else t[lo:hi]
+
+
 def _grouped(offs_E: torch.Tensor):
-    """Products over all groups at once: ``(rows, K) x (E, K, N)`` and ``(K, rows) x (rows, N)``."""
+    """Products over all groups at once: ``(S, Z) x (E, Z, N)`` and ``(Z, S) x (S, N)``."""
     return (lambda a, b: grouped_mm(a, b, offs_E)), (lambda a, b: grouped_mm(a.t(), b, offs_E))
 
 
 # Products for one group: its rows times the single expert matrix ``b[0]``, and the weight
-# gradient ``aᵀ b`` shaped (1, K, N) like the grouped one.
+# gradient ``aᵀ b`` shaped (1, Z, N) like the grouped one.
 _single = (lambda a, b: a @ b[0]), (lambda a, b: (a.t() @ b).unsqueeze(0))
 
 
@@ -159,18 +154,19 @@ def _swiglu_forward(xs_SD, ws_S1, w13_E2FD, w2_EDF, products):
     g_SF, u_SF = gu_S2F.chunk(2, dim=1)
     silu_SF = F.silu(g_SF)
     a_SF = silu_SF * u_SF  # the activation before the routing weight
-    o_SD = mm(a_SF * ws_S1, w2_EDF.transpose(1, 2))
+    o_SD = mm(_weighted(a_SF, ws_S1), w2_EDF.transpose(1, 2))
     return (gu_S2F, silu_SF, a_SF), o_SD
 
 
 def _swiglu_backward(do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, w13_E2FD, w2_EDF, products):
-    """``(dxs, dw_S, dW13, dW2)`` for these rows, from the output gradient ``do`` of each row."""
+    """``(dxs, dw_S, dW13, dW2)`` for these rows, from the output gradient ``do`` of each row
+    (``dw_S`` None when the rows carry no weight)."""
     mm, mm_t = products
     g_SF, u_SF = gu_S2F.chunk(2, dim=1)
     dh_SF = mm(do_SD, w2_EDF)  # d(a·w)
-    dws_S = (dh_SF * a_SF).sum(1)
-    dw2 = mm_t(do_SD, a_SF * ws_S1)
-    da_SF = dh_SF.mul_(ws_S1)
+    dws_S = None if ws_S1 is None else (dh_SF * a_SF).sum(1)
+    dw2 = mm_t(do_SD, _weighted(a_SF, ws_S1))
+    da_SF = dh_SF if ws_S1 is None else dh_SF.mul_(ws_S1)
     dgu_S2F = torch.empty_like(gu_S2F)  # [dg | du], the gradient of both projections
     dg_SF, du_SF = dgu_S2F.chunk(2, dim=1)
     torch.mul(da_SF, silu_SF, out=du_SF)
@@ -178,5 +174,9 @@ def _swiglu_backward(do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, w13_E2FD, w2_ED
     return mm(dgu_S2F, w13_E2FD), dws_S, mm_t(dgu_S2F, xs_SD), dw2
 
 
-def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def _weighted(a_SF: torch.Tensor, ws_S1: torch.Tensor | None) -> torch.Tensor:
+    return a_SF if ws_S1 is None else a_SF * ws_S1
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
