@@ -1,49 +1,64 @@
-"""MoE layer forward+backward on this machine's CPU: our backends against transformers' Mixtral.
+"""MoE layer forward+backward on this machine's CPU: our backends against transformers' and
+torchtitan's MoE layers, on the same weights and input.
 
-    python bench/moe_layer.py                      # full run: T=4096, fp32 and bf16, 5 reps
-    python bench/moe_layer.py --reps 2 --tokens 512 --dtypes fp32   # quick look
+    python bench/moe_layer.py                      # T=4096, fp32 and bf16, 7 rotations, all rows
+    python bench/moe_layer.py --impls torch hf-eager hf-grouped_mm   # no torchtitan venv
+    python bench/moe_layer.py --reps 3 --warmups 1 --tokens 512 --dtypes fp32   # quick look
 
 Rows: ``reference`` and ``torch`` backends of :class:`pipeline.model.MoELayer` (router, losses
-and statistics included) and transformers' ``MixtralSparseMoeBlock`` with its ``eager`` and
+and statistics included); transformers' ``MixtralSparseMoeBlock`` with its ``eager`` and
 ``grouped_mm`` experts implementations (selected through ``config._experts_implementation``,
-the switch transformers' ``@use_experts_implementation`` decorator dispatches on). All four run
-the same weights on the same input, in rotation, so load from other processes hits them alike;
-the outputs are checked against each other first.
+the switch transformers' ``@use_experts_implementation`` decorator dispatches on); torchtitan's
+``MoE`` (:mod:`torchtitan_moe`, in a virtual environment of its own, see there). The rows of
+one process run in rotation (:func:`timing.rotation`), their outputs checked against each other
+first; torchtitan's row runs in a child process, in rotation with a ``torch`` row of its own,
+so its ratio is paired with that one.
 
-Expert FLOP rate = 3 × 2·T·k·3·H·I / time (forward + backward of the expert GEMMs only),
-against a dense 2048³ matmul measured in the same run. bf16 on a CPU without native bf16
-matmul is far slower than fp32 (the ``torch`` backend then computes in fp32, see
+Per row: median, minimum and inter-quartile range of the fwd+bwd time, the expert FLOP rate
+3 × 2·T·k·3·D·F / median (forward + backward of the expert GEMMs only) against the matmul peak
+measured in the same run (:func:`timing.matmul_peak`), and how many times faster ``torch`` is,
+rotation by rotation (median [lower quartile]). bf16 on a CPU without native bf16 matmul is far
+slower than fp32 (the ``torch`` backend then computes in fp32, see
 ``pipeline.ops.torch_gemm.gemm_dtype``), so "% peak" uses the faster of the two peaks.
+Targets: ``torch`` ≥ :data:`TARGETS` × the fastest peer that computes in the row's dtype, on the
+median and the lower quartile of the per-rotation ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from timing import matmul_peak, seconds
-from transformers import MixtralConfig
-from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+from timing import (
+    against,
+    format_ratio,
+    matmul_peak,
+    parsed,
+    ratio,
+    rotation,
+    short_run_note,
+    spread,
+)
 
 from pipeline.config import MoEConfig
 from pipeline.model import MoELayer
 
 HIDDEN = 512
 CONFIGS = {"E8k2I1024": (8, 2, 1024), "E64k8I128": (64, 8, 128)}
+TARGETS = {"E8k2I1024": 1.0, "E64k8I128": 1.5}  # torch over the fastest peer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-IMPLS = ("reference", "torch", "hf-eager", "hf-grouped_mm")
+IMPLS = ("reference", "torch", "hf-eager", "hf-grouped_mm", "torchtitan")
+IN_PROCESS = IMPLS[:-1]
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per row (median)")
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+    """Options this script and the torchtitan child share."""
+    p.add_argument("--reps", type=int, default=7, help="timed rotations")
+    p.add_argument("--warmups", type=int, default=2, help="untimed rotations first")
     p.add_argument("--tokens", type=int, default=4096, help="tokens T per forward")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
-    return p.parse_args()
 
 
 def moe_layer(e: int, k: int, inter: int, backend: str = "auto", seed: int = 0) -> MoELayer:
@@ -57,12 +72,27 @@ def moe_layer(e: int, k: int, inter: int, backend: str = "auto", seed: int = 0) 
     return layer
 
 
+def layer_inputs(tokens: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, output gradient)``, the same for every row and process."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, tokens, HIDDEN, generator=g).to(dtype).requires_grad_()
+    return x, torch.randn(1, tokens, HIDDEN, generator=g).to(dtype)
+
+
+def ours(backend: str, e: int, k: int, inter: int, dtype: torch.dtype):
+    """(forward callable, module) of our layer."""
+    layer = moe_layer(e, k, inter, backend=backend).to(dtype)
+    return (lambda x: layer(x)[0]), layer
+
+
 def build(impl: str, e: int, k: int, inter: int, dtype: torch.dtype):
-    """(forward callable, module) for one implementation; all share the same weights."""
+    """(forward callable, module) for one in-process implementation; all share the weights."""
     if impl in ("reference", "torch"):
-        ours = moe_layer(e, k, inter, backend=impl).to(dtype)
-        return (lambda x: ours(x)[0]), ours
-    ours = moe_layer(e, k, inter)
+        return ours(impl, e, k, inter, dtype)
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    layer = moe_layer(e, k, inter)
     experts = impl.removeprefix("hf-")
     cfg = MixtralConfig(
         hidden_size=HIDDEN,
@@ -72,10 +102,10 @@ def build(impl: str, e: int, k: int, inter: int, dtype: torch.dtype):
         experts_implementation=experts,
     )
     hf = MixtralSparseMoeBlock(cfg)
-    with torch.no_grad():  # Mixtral: gate.weight (E, H); gate_up_proj (E, 2I, H) = [w1; w3]
-        hf.gate.weight.copy_(ours.router.weight)
-        hf.experts.gate_up_proj.copy_(torch.cat([ours.experts.w1, ours.experts.w3], dim=1))
-        hf.experts.down_proj.copy_(ours.experts.w2)
+    with torch.no_grad():  # Mixtral: gate.weight (E, H); gate_up_proj (E, 2I, H) is our w13
+        hf.gate.weight.copy_(layer.router.weight)
+        hf.experts.gate_up_proj.copy_(layer.experts.w13)
+        hf.experts.down_proj.copy_(layer.experts.w2)
     assert hf.experts.config._experts_implementation == experts
     hf = hf.to(dtype)
     return hf, hf
@@ -87,69 +117,93 @@ def fwd_bwd(forward, module, x: torch.Tensor, grad: torch.Tensor) -> None:
     forward(x).backward(grad)
 
 
-def check_outputs(rows: dict, x: torch.Tensor) -> float:
-    """Largest norm-relative difference of any implementation's output from the first one's."""
+def largest_difference(rows: dict, x: torch.Tensor) -> float:
+    """Largest norm-relative difference of any row's output from the first row's."""
     with torch.no_grad():
         outs = [fwd(x).float() for fwd, _ in rows.values()]
     return max(((o - outs[0]).norm() / outs[0].norm()).item() for o in outs[1:]) if outs[1:] else 0
 
 
-def run_config(name: str, dtype_name: str, args, peak: float) -> list[dict]:
+def time_rows(rows: dict, x: torch.Tensor, grad: torch.Tensor, args) -> dict[str, list[float]]:
+    calls = {name: (lambda f=f, m=m: fwd_bwd(f, m, x, grad)) for name, (f, m) in rows.items()}
+    return rotation(calls, args.reps, args.warmups)
+
+
+def expert_flops(name: str, tokens: int) -> float:
     e, k, inter = CONFIGS[name]
-    dtype = DTYPES[dtype_name]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, args.tokens, HIDDEN, generator=g).to(dtype).requires_grad_()
-    grad = torch.randn(1, args.tokens, HIDDEN, generator=g).to(dtype)
-    rows = {impl: build(impl, e, k, inter, dtype) for impl in args.impls}
-    diff = check_outputs(rows, x)
-    times: dict[str, list[float]] = {impl: [] for impl in rows}
-    for fwd, mod in rows.values():  # warm-up
-        fwd_bwd(fwd, mod, x, grad)
-    for _ in range(args.reps):  # rotate, so load from other processes hits every row alike
-        for impl, (fwd, mod) in rows.items():
-            times[impl].append(seconds(lambda f=fwd, m=mod: fwd_bwd(f, m, x, grad)))
-    flops = 3 * 2 * args.tokens * k * 3 * HIDDEN * inter
-    hf_best = min(
-        (statistics.median(t) for i, t in times.items() if i.startswith("hf")), default=None
-    )
-    out = []
-    for impl, ts in times.items():
-        med = statistics.median(ts)
-        out.append({"config": name, "dtype": dtype_name, "impl": impl, "ms": med * 1e3,
-                    "min_ms": min(ts) * 1e3, "gflops": flops / med / 1e9,
-                    "peak_pct": 100 * flops / med / 1e9 / peak,
-                    "vs_hf": hf_best / med if hf_best else float("nan"), "diff": diff})  # fmt: skip
+    return 3 * 2 * tokens * k * 3 * HIDDEN * inter
+
+
+def measure_in_process(args) -> dict[tuple[str, str], dict]:
+    """Per (config, dtype): each in-process row's times and the outputs' largest difference."""
+    impls = [i for i in args.impls if i in IN_PROCESS]
+    out = {}
+    for dtype_name in args.dtypes:
+        for name in args.configs:
+            x, grad = layer_inputs(args.tokens, DTYPES[dtype_name])
+            rows = {impl: build(impl, *CONFIGS[name], DTYPES[dtype_name]) for impl in impls}
+            diff = largest_difference(rows, x)
+            out[name, dtype_name] = {"times": time_rows(rows, x, grad, args), "diff": diff}
+            print(f"  {name} {dtype_name}: outputs agree within {diff:.2e} (norm-relative)")
     return out
 
 
-def print_table(rows: list[dict]) -> None:
-    head = f"| {'config':10} | {'dtype':5} | {'impl':13} | {'median ms':>9} | {'min ms':>8} | "
-    head += f"{'GFLOP/s':>7} | {'% peak':>6} | {'vs best HF':>10} |"
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for r in rows:
-        print(f"| {r['config']:10} | {r['dtype']:5} | {r['impl']:13} | {r['ms']:9.0f} | "
-              f"{r['min_ms']:8.0f} | {r['gflops']:7.1f} | {r['peak_pct']:6.1f} | "
-              f"{r['vs_hf']:9.2f}x |")  # fmt: skip
+def print_table(results: dict, titan: dict, args, peaks: dict[str, float]) -> None:
+    print("| config | dtype | impl | median ms | min ms | IQR ms | GFLOP/s | % peak | "
+          "torch over it |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (name, dtype_name), result in results.items():
+        peak = max(peaks[dtype_name], peaks["fp32"])
+        rows = dict(result["times"])
+        paired = {impl: (rows.get("torch"), t) for impl, t in rows.items()}
+        if (name, dtype_name) in titan:
+            rows["torchtitan"] = titan[name, dtype_name]["torchtitan"]
+            paired["torchtitan"] = (titan[name, dtype_name]["torch"], rows["torchtitan"])
+        for impl, ts in rows.items():
+            st = spread(ts)
+            torch_ts, its = paired[impl]
+            over = (
+                "-" if impl == "torch" or torch_ts is None else format_ratio(ratio(its, torch_ts))
+            )
+            gflops = expert_flops(name, args.tokens) / st.median / 1e9
+            print(f"| {name} | {dtype_name} | {impl} | {st.median * 1e3:.0f} | "
+                  f"{st.minimum * 1e3:.0f} | {st.iqr * 1e3:.0f} | {gflops:.1f} | "
+                  f"{100 * gflops / peak:.1f} | {over} |")  # fmt: skip
+
+
+def print_targets(results: dict, titan: dict) -> None:
+    """torch over the fastest peer computing in the row's dtype (torchtitan computes its experts
+    in bf16 whatever the layer's dtype, so it is a peer of the bf16 rows only)."""
+    for (name, dtype_name), result in results.items():
+        times = result["times"]
+        peers = {i: (times["torch"], t) for i, t in times.items() if i.startswith("hf-")}
+        if (name, dtype_name) in titan and dtype_name == "bf16":
+            peers["torchtitan"] = (titan[name, dtype_name]["torch"], titan[name, dtype_name]["torchtitan"])  # fmt: skip
+        if "torch" not in times or not peers:
+            continue
+        best = min(peers, key=lambda i: spread(peers[i][1]).median)
+        measured = ratio(peers[best][1], peers[best][0])
+        print(f"{name} {dtype_name}: torch over the fastest peer ({best}) "
+              f"{against(measured, TARGETS[name])}")  # fmt: skip
 
 
 def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+    args = parsed(__doc__, add_shape_args, IMPLS)
     peaks = {name: matmul_peak(DTYPES[name]) for name in ("fp32", *args.dtypes)}
-    print(f"threads={args.threads} tokens={args.tokens} hidden={HIDDEN} reps={args.reps} "
-          f"torch={torch.__version__}")  # fmt: skip
-    print("matmul peak GFLOP/s: " + ", ".join(f"{n} {v:.1f}" for n, v in peaks.items()))
-    rows = []
-    for dtype_name in args.dtypes:
-        peak = max(peaks[dtype_name], peaks["fp32"])
-        for name in args.configs:
-            result = run_config(name, dtype_name, args, peak)
-            print(
-                f"  {name} {dtype_name}: outputs agree within {result[0]['diff']:.2e} (norm-relative)"
-            )
-            rows += result
-    print_table(rows)
+    print(f"threads={args.threads} tokens={args.tokens} hidden={HIDDEN} rotations={args.reps} "
+          f"warm-ups={args.warmups} torch={torch.__version__} "
+          f"cpu capability={torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
+    print("matmul peak GFLOP/s (timing.matmul_peak): "
+          + ", ".join(f"{n} {v:.1f}" for n, v in peaks.items()))  # fmt: skip
+    print(short_run_note(args.reps, args.warmups))
+    results = measure_in_process(args)
+    titan = {}
+    if "torchtitan" in args.impls:
+        from torchtitan_moe import run_in_its_venv
+
+        titan = run_in_its_venv(args)
+    print_table(results, titan, args, peaks)
+    print_targets(results, titan)
 
 
 if __name__ == "__main__":

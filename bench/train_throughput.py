@@ -1,41 +1,87 @@
-"""Training throughput of the default MoE model against a dense model with the same active size.
+"""Training throughput of an MoE model against a dense model with the same active size.
 
-    python bench/train_throughput.py                 # default params.yaml model, 5 reps
-    python bench/train_throughput.py --reps 2 --steps 3   # quick look
+    python bench/train_throughput.py                    # default params.yaml model, 7 rotations
+    python bench/train_throughput.py --shape mid        # d_model 512, 8 layers, E=32 k=4 F=256
+    python bench/train_throughput.py --reps 3 --warmups 1   # quick look
 
-Both models come from ``params.yaml``'s ``train`` section; the dense one replaces every MoE
-layer by a dense SwiGLU of hidden size ``top_k · expert_hidden + shared experts``, so each token
-meets the same number of parameters (the router's D·E weights aside). A timed repetition is
-``--steps`` full optimizer steps (forward, loss incl. the router losses, backward, clipping,
-AdamW) on one micro-batch of the default shape; the two models alternate repetition by
-repetition so that load from other processes hits both alike. MFU uses
-``MoETransformer.flops_per_token`` (active parameters) against a fp32 matmul measured in the
-same run. The data are random token ids: the cost of a step does not depend on their values
-(dropless routing keeps every token whatever the router decides).
+``--shape default`` is ``params.yaml``'s ``train`` section; ``--shape mid`` the issue-18 mid-size
+model (:data:`MID`). The dense twin replaces every MoE layer by a dense SwiGLU of hidden size
+``top_k · expert_hidden + shared experts``, so each token meets the same number of parameters
+(the router's D·E weights aside). A timed call is one full optimizer step (forward, loss incl.
+the router losses, backward, clipping, AdamW) on one micro-batch; the two models run in rotation
+(:func:`timing.rotation`), and the MoE/dense ratio is taken rotation by rotation
+(:func:`timing.ratio`: median and lower quartile). MFU uses
+``MoETransformer.flops_per_token`` (active parameters) against the fp32 matmul peak measured in
+the same run (:func:`timing.matmul_peak`). The data are random token ids: the cost of a step
+does not depend on their values (dropless routing keeps every token whatever the router decides).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from timing import matmul_peak, seconds
+from timing import against, matmul_peak, ratio, rotation, short_run_note, spread
 
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.model import MoETransformer
 from pipeline.train.module import token_cross_entropy
-from pipeline.train.optim import build_optimizer
+from pipeline.train.optim import build_optimizer, param_groups
+
+# The issue-18 mid-size model: 8 layers of d_model 512 (8 heads, 4 key/value heads), 32 experts
+# of hidden 256, top-4, on 8 windows of 512 tokens (4096 tokens, as the default's 16 × 256).
+MID = {
+    "model": {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 512,
+              "moe": {"num_experts": 32, "top_k": 4, "expert_hidden": 256}},
+    "seq_len": 512,
+    "micro_batch_size": 8,
+}  # fmt: skip
+MOE_OVER_DENSE_TARGET = 0.95
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--vocab", type=int, default=None, help="default: tokenize.vocab_size")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per model (median)")
-    p.add_argument("--steps", type=int, default=5, help="optimizer steps per repetition")
-    p.add_argument("--threads", type=int, default=2)
+    add_common_args(p)
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="what-if: AdamW(fused=True) instead of the trainer's foreach AdamW")  # fmt: skip
     return p.parse_args()
+
+
+def fused_adamw(stepper: Stepper, cfg: TrainConfig) -> None:
+    """Gives ``stepper`` the trainer's AdamW (same groups and hyper-parameters), fused: one
+    kernel per parameter instead of a dozen passes over all of them."""
+    o = cfg.optim
+    stepper.optimizer = torch.optim.AdamW(
+        param_groups(stepper.model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
+        eps=o.eps, fused=True,
+    )  # fmt: skip
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every training-step benchmark takes."""
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--shape", choices=("default", "mid"), default="default")
+    p.add_argument("--vocab", type=int, default=None, help="default: tokenize.vocab_size")
+    p.add_argument("--reps", type=int, default=7, help="timed rotations")
+    p.add_argument("--warmups", type=int, default=2, help="untimed rotations first")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int]:
+    """``(train section, vocabulary size)`` of the shape ``args`` names."""
+    params = load_params(args.params)
+    train = params.train.model_dump()
+    if args.shape == "mid":
+        train = _merged(train, MID)
+    return TrainConfig.model_validate(train), args.vocab or params.tokenize.vocab_size
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s keys replaced, nested dictionaries merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) else value
+    return out
 
 
 def dense_twin(cfg: ModelConfig) -> ModelConfig:
@@ -48,62 +94,88 @@ def dense_twin(cfg: ModelConfig) -> ModelConfig:
     return cfg.model_copy(update={"first_dense_layers": cfg.n_layers, "dense_hidden": hidden})
 
 
-class Stepper:
-    """One model, its optimizer and a fixed micro-batch: ``step()`` is one optimizer step."""
+CPU = torch.device("cpu")
 
-    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, vocab: int, seed: int = 0):
+
+class Stepper:
+    """One model, its optimizer and a fixed micro-batch: ``step()`` is one optimizer step.
+    ``autocast`` (a dtype) runs the forward as Lightning's ``bf16-mixed`` does: fp32 weights,
+    optimizer and gradients, the products under autocast."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_cfg: ModelConfig,
+        vocab: int,
+        seed: int = 0,
+        device: torch.device = CPU,
+        backend: str = "auto",
+        autocast: torch.dtype | None = None,
+    ):
         torch.manual_seed(seed)
-        self.model = MoETransformer(model_cfg, vocab).train()
+        self.model = MoETransformer(model_cfg, vocab, backend=backend).to(device).train()
         self.optimizer, _ = build_optimizer(self.model, cfg.optim, cfg.max_steps)
         self.grad_clip = cfg.optim.grad_clip
+        self.device, self.autocast = device, autocast
         g = torch.Generator().manual_seed(seed)
         tokens = torch.randint(vocab, (cfg.micro_batch_size, cfg.seq_len + 1), generator=g)
-        self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
+        self.inputs, self.targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
         self.tokens_per_step = self.inputs.numel()
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.params = self.model.num_params()
 
-    def step(self) -> None:
+    def loss(self) -> torch.Tensor:
+        """Forward and loss: cross-entropy plus the router losses the model computed."""
         out = self.model(self.inputs)
-        loss = token_cross_entropy(out.logits, self.targets) + out.aux_loss
+        return token_cross_entropy(out.logits, self.targets) + out.aux_loss
+
+    def after_step(self) -> None:
+        self.model.update_router_biases()
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
+            loss = self.loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_router_biases()
+        self.after_step()
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    params = load_params(args.params)
-    cfg = params.train
-    vocab = args.vocab or params.tokenize.vocab_size
+    cfg, vocab = train_config(args)
     peak = matmul_peak(torch.float32)
     steppers = {
         "moe": Stepper(cfg, cfg.model, vocab),
         "dense": Stepper(cfg, dense_twin(cfg.model), vocab),
     }
-    print(f"threads={args.threads} micro-batch={cfg.micro_batch_size}x{cfg.seq_len} "
-          f"steps/rep={args.steps} reps={args.reps} torch={torch.__version__}")  # fmt: skip
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
-    for s in steppers.values():
-        s.step()  # warm-up: allocator, oneDNN primitives
-    times: dict[str, list[float]] = {name: [] for name in steppers}
-    for _ in range(args.reps):
-        for name, s in steppers.items():
-            times[name].append(seconds(lambda s=s: [s.step() for _ in range(args.steps)]))
-    print_table(steppers, times, args.steps, peak)
+    for s in steppers.values() if args.fused_adamw else ():
+        fused_adamw(s, cfg)
+    print(f"shape={args.shape} threads={args.threads} micro-batch={cfg.micro_batch_size}x"
+          f"{cfg.seq_len} rotations={args.reps} warm-ups={args.warmups} torch={torch.__version__}"
+          f"{' AdamW fused (what-if)' if args.fused_adamw else ''}")  # fmt: skip
+    print(f"fp32 matmul peak (measured, timing.matmul_peak): {peak:.1f} GFLOP/s")
+    print(short_run_note(args.reps, args.warmups))
+    times = rotation({name: s.step for name, s in steppers.items()}, args.reps, args.warmups)
+    print_table(steppers, times, peak)
+    measured = ratio(times["dense"], times["moe"])
+    print("MoE / dense tokens/s, median of per-rotation ratios [lower quartile]: "
+          + against(measured, MOE_OVER_DENSE_TARGET))  # fmt: skip
 
 
-def print_table(steppers: dict, times: dict, steps: int, peak: float) -> None:
-    rate = {n: steppers[n].tokens_per_step * steps / statistics.median(t) for n, t in times.items()}
-    print("| model | total params | active params | tokens/s (median) | MFU   | vs dense |")
-    print("|-------|--------------|---------------|-------------------|-------|----------|")
+def print_table(steppers: dict, times: dict[str, list[float]], peak: float) -> None:
+    """One row per stepper: tokens/s at the median step, at the fastest, the step's IQR, MFU."""
+    print("| model | total params | active params | tokens/s (median) | tokens/s (best) | "
+          "step IQR ms | MFU (fp32 peak) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, s in steppers.items():
-        mfu = rate[name] * s.flops_per_token / (peak * 1e9)
-        print(f"| {name:5} | {s.params['total']:12,} | {s.params['active']:13,} | "
-              f"{rate[name]:17,.0f} | {mfu:5.2f} | {rate[name] / rate['dense']:7.2f}x |")  # fmt: skip
+        st = spread(times[name])
+        rate = s.tokens_per_step / st.median
+        mfu = rate * s.flops_per_token / (peak * 1e9)
+        print(f"| {name} | {s.params['total']:,} | {s.params['active']:,} | {rate:,.0f} | "
+              f"{s.tokens_per_step / st.minimum:,.0f} | {st.iqr * 1e3:.0f} | {mfu:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness's view of the native :class:`~pipeline.model.MoETransformer`.
+"""lm-evaluation-harness's view of the native :class:`~pipeline.model.MoETransformer`, and of
+the unigram baseline that is scored through the same request path.
 
 Subclassing ``TemplateLM`` reuses the harness's own request encoding (the context/continuation
 split, the end-of-text token standing in for an empty context), so this model is scored exactly
@@ -13,12 +14,16 @@ as ``HFLM`` would score its Hugging Face export; only the three model calls are 
   (each token predicted once, the first conditioned on end-of-text), summed per document.
 * ``generate_until``: one request at a time (the native ``generate`` takes no padding mask),
   greedy unless the task asks for sampling, cut at the first stop string or end-of-text.
+
+:class:`UnigramLM` scores a continuation by the training split's token frequencies alone (add-one
+smoothed): the strongest context-free guess, run through the harness exactly as the model is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
@@ -30,7 +35,56 @@ from tqdm import tqdm
 TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
-class NativeLM(TemplateLM):
+class _TokenizerLM(TemplateLM):
+    """The harness's request encoding over the project's byte-level BPE tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer, eot_id: int):
+        super().__init__()
+        self._tokenizer = tokenizer
+        self._eot_id = eot_id
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._eot_id
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
+        return self._tokenizer.encode(string, add_special_tokens=False).ids
+
+    def tok_decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+class UnigramLM(_TokenizerLM):
+    """Log-likelihood of a continuation = the sum of its tokens' log unigram probabilities,
+    ``log((count + 1) / (total + V))`` from ``counts`` (the training tokens' histogram, ``(V,)``).
+    Multiple-choice tasks only: it has no context to roll or continue."""
+
+    def __init__(self, counts: np.ndarray, tokenizer: Tokenizer, eot_id: int):
+        super().__init__(tokenizer, eot_id)
+        counts = np.asarray(counts, dtype=np.float64)
+        self._log_probs = np.log((counts + 1) / (counts.sum() + len(counts)))
+        self._most_likely = int(np.argmax(counts))
+
+    def _loglikelihood_tokens(self, requests: list[TokenRequest], disable_tqdm: bool = False):
+        results = []
+        for key, _, continuation in requests:
+            logprob = float(self._log_probs[continuation].sum())
+            result = (logprob, all(t == self._most_likely for t in continuation))
+            results.append(result)
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the unigram baseline scores multiple-choice tasks only")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the unigram baseline scores multiple-choice tasks only")
+
+
+class NativeLM(_TokenizerLM):
     """Wraps a model whose ``forward(idx).logits`` is ``(B, T, V)`` and which has ``generate``."""
 
     max_gen_toks = 256  # the harness's default for generation tasks that set no limit
@@ -44,26 +98,12 @@ class NativeLM(TemplateLM):
         batch_size: int = 16,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(tokenizer, eot_id)
         self.model = model.eval()
-        self._tokenizer = tokenizer
-        self._eot_id = eot_id
         self.max_length = max_length
         self.batch_size = batch_size
         self._device = next(model.parameters()).device
         self._generator = torch.Generator(device=self._device).manual_seed(seed)
-
-    @property
-    def eot_token_id(self) -> int:
-        return self._eot_id
-
-    def tok_encode(
-        self, string: str, add_special_tokens: bool | None = None, **kwargs
-    ) -> list[int]:
-        return self._tokenizer.encode(string, add_special_tokens=False).ids
-
-    def tok_decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

@@ -1,77 +1,167 @@
-"""Where the router sends each token: run the model over test windows, record every MoE layer's
-per-token expert ids with a forward hook on its router, and accumulate a :class:`RoutingReport`.
+"""The evaluate stage's routing analyses: one forward pass of the final model over the test
+tokens (:mod:`evaluation.routing_trace`) feeds them all; each training snapshot adds one pass.
 
-The hook reads ``Routing.expert_ids_TK`` (``(B·L, k)``, tokens in row-major ``(b, l)`` order),
-the router's own output: the model exposes no per-token ids otherwise, and in eval mode the
-layer is dropless, so the router's choice is exactly what the experts compute. Load, entropy
-and dropped fraction come from ``ModelOutput.router_stats``. MoE layers are numbered 0, 1, ...
-in depth order, dense layers not counted, as the training logs number them (``router/layer<i>``).
+=========================  ==========================  ===================  ====================
+analysis                   module                      in ``plots/eval/``   runs when
+=========================  ==========================  ===================  ====================
+load, entropy, dropped     ``routing_report``          ``expert_load.*``    always
+router saturation          ``routing_saturation``      ``saturation/``      train kept snapshots
+expert co-activation       ``routing_coactivation``    ``coactivation/``    top-k ≥ 2
+domain specialisation      ``routing_domains``         ``domains/``         ≥ 2 domains
+vocabulary specialisation  ``routing_vocabulary``      ``vocabulary/``      a frequent token id
+word categories            ``routing_categories``      ``specialisation/``  the corpus tags words
+=========================  ==========================  ===================  ====================
 
-Word categories are computed once over the whole analysed stretch of the file, then cut into
-the same windows as the tokens, so a word split across two windows keeps its category.
+Saturation, co-activation, domain and vocabulary specialisation follow the analyses of OLMoE
+(Muennighoff et al. 2024, "OLMoE: Open Mixture-of-Experts Language Models", arXiv:2409.02060,
+§5), which need no word lexicon, so they mean the same on any corpus. Each analysis owns its
+directory: emptied first, so one skipped this time (the log says why) leaves no stale files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from evaluation.categories import CATEGORIES, token_categories
-from evaluation.routing_report import LayerRouting, RoutingReport
-from evaluation.windows import batches, window_starts
+from evaluation.plots import fresh_dir
+from evaluation.routing_categories import CategoryRouting
+from evaluation.routing_coactivation import CoActivation
+from evaluation.routing_domains import DomainRouting, TokenDomains
+from evaluation.routing_report import LoadReport
+from evaluation.routing_saturation import RouterSaturation, percent
+from evaluation.routing_trace import RoutingTrace, trace_routing
+from evaluation.routing_vocabulary import VocabularyRouting
+from pipeline.config import EvaluateConfig
 from pipeline.data.word_categories import WordCategories
+from pipeline.errors import PipelineError
 from pipeline.model import MoETransformer
+from pipeline.model_io import load_model, read_model_config
+from pipeline.paths import ModelFiles
+
+log = logging.getLogger(__name__)
+
+ANALYSES = ("saturation", "coactivation", "domains", "vocabulary", "specialisation")  # directories
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class RoutingWindows:
+    """The test tokens every traced model routes: the same windows, in the same order."""
+
+    tokens: np.ndarray
+    window: int
+    max_tokens: int
+    batch_size: int
+    device: torch.device
+
+    def trace(self, model: MoETransformer, desc: str = "routing") -> RoutingTrace:
+        return trace_routing(
+            model, self.tokens, self.window, self.max_tokens, self.batch_size, self.device, desc
+        )
+
+
 def analyse_routing(
     model: MoETransformer,
-    tokens: np.ndarray,
+    windows: RoutingWindows,
+    cfg: EvaluateConfig,
+    snapshots: Mapping[float, ModelFiles],
     tok_bytes: Sequence[bytes],
     words: WordCategories,
-    window: int,
-    max_tokens: int,
-    batch_size: int,
-    device: torch.device,
-) -> RoutingReport:
-    """Routing of the first ``max_tokens`` input tokens of ``tokens`` (a 1-D token file)."""
-    spans = window_starts(len(tokens), window, max_tokens)
-    end = sum(n for _, n in spans) + 1  # batches() also reads each window's target token
-    categories = np.zeros(len(tokens), dtype=np.int64)
-    categories[:end] = token_categories(np.asarray(tokens[:end]).tolist(), tok_bytes, words)
-    layers = model.moe_layers()
-    report = RoutingReport(
-        {i: LayerRouting(layer.cfg.num_experts) for i, layer in enumerate(layers)}
+    domains: TokenDomains,
+    out_dir: Path,
+) -> dict[str, float]:
+    """Run every analysis that applies, write its files under ``out_dir``; return the flat
+    ``routing/...`` metrics."""
+    started = time.perf_counter()
+    trace = windows.trace(model)
+    report = LoadReport.from_trace(trace)
+    report.write(out_dir)
+    metrics = report.metrics()
+    traced = snapshots_traced = time.perf_counter()
+    if not trace.expert_ids:
+        log.info("routing: the model has no MoE layer: nothing routed, nothing to analyse")
+        analyses = dict.fromkeys(ANALYSES)
+    else:
+        analyses = {
+            "saturation": _saturation(trace, model, windows, snapshots, cfg.routing_snapshot_tokens)
+        }
+        snapshots_traced = time.perf_counter()
+        analyses |= {
+            "coactivation": CoActivation.from_trace(trace)
+            if trace.top_k > 1
+            else _skip("co-activation", "top-1 routing chooses one expert per token"),
+            "domains": _domains(trace, domains),
+            "vocabulary": _vocabulary(trace, tok_bytes, cfg),
+            "specialisation": CategoryRouting.from_trace(trace, windows.tokens, tok_bytes, words)
+            if words.words
+            else _skip("word-category", "the corpus source tags no words with categories"),
+        }
+    for name in ANALYSES:
+        directory = fresh_dir(out_dir / name)
+        if analyses[name] is not None:
+            metrics.update(analyses[name].metrics())
+            analyses[name].write(directory)
+    done = time.perf_counter()
+    log.info(
+        "routing analysed in %.1f s: the final model's pass %.1f s, %d snapshot pass(es) %.1f s, "
+        "the analyses and their files %.1f s",
+        done - started,
+        traced - started,
+        len(snapshots),
+        snapshots_traced - traced,
+        done - snapshots_traced,
     )
-    captured: list[torch.Tensor] = []
-    hooks = [
-        layer.router.register_forward_hook(
-            lambda _module, _args, routing: captured.append(routing.expert_ids_TK)
+    return metrics
+
+
+def _skip(analysis: str, reason: str) -> None:
+    log.info("routing: no %s analysis: %s", analysis, reason)
+
+
+def _saturation(
+    trace: RoutingTrace,
+    model: MoETransformer,
+    windows: RoutingWindows,
+    snapshots: Mapping[float, ModelFiles],
+    max_tokens: int,
+) -> RouterSaturation | None:
+    if not snapshots:
+        return _skip("saturation", "no training snapshot (train.monitor.snapshot_fractions)")
+    fewer = replace(windows, max_tokens=min(windows.max_tokens, max_tokens))
+    earlier = {}
+    for fraction, files in snapshots.items():
+        if read_model_config(files) != (model.cfg, model.vocab_size):
+            raise PipelineError(
+                f"{files.config}: the snapshot is not of the final model's spec (another "
+                "training run's?): re-run the train stage"
+            )
+        snapshot = load_model(files, windows.device)
+        earlier[fraction] = fewer.trace(snapshot, f"routing at {percent(fraction)} %")
+    return RouterSaturation.from_traces(trace, earlier)
+
+
+def _domains(trace: RoutingTrace, domains: TokenDomains) -> DomainRouting | None:
+    present = len(np.unique(domains.of_token[trace.positions_N]))
+    if present < 2:
+        return _skip("domain", f"{present} domain among the analysed tokens: nothing to compare")
+    return DomainRouting.from_trace(trace, domains)
+
+
+def _vocabulary(
+    trace: RoutingTrace, tok_bytes: Sequence[bytes], cfg: EvaluateConfig
+) -> VocabularyRouting | None:
+    vocabulary = VocabularyRouting.from_trace(
+        trace, tok_bytes, cfg.routing_vocab_tokens, cfg.routing_vocab_min_count
+    )
+    if not len(vocabulary.token_ids):
+        return _skip(
+            "vocabulary",
+            f"no token id occurs {cfg.routing_vocab_min_count} times "
+            "(evaluate.routing_vocab_min_count)",
         )
-        for layer in layers
-    ]
-    try:
-        pairs = zip(
-            batches(tokens, spans, batch_size), batches(categories, spans, batch_size), strict=True
-        )
-        with tqdm(total=end - 1, desc="routing", unit="tok", mininterval=2, disable=None) as bar:
-            for (inputs, _), (cats, _) in pairs:
-                captured.clear()
-                stats = model(inputs.to(device)).router_stats
-                flat_cats = cats.reshape(-1).numpy()
-                for index, (ids, layer_stats) in enumerate(zip(captured, stats, strict=True)):
-                    report.layers[index].add(
-                        ids,
-                        flat_cats,
-                        entropy=layer_stats.entropy.item(),
-                        dropped=layer_stats.dropped_fraction.item(),
-                    )
-                report.category_tokens += np.bincount(flat_cats, minlength=len(CATEGORIES))
-                bar.update(inputs.numel())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return report
+    return vocabulary

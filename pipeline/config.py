@@ -31,9 +31,17 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- prepare
+class BenchmarkItems(Section):
+    """Items per benchmark task in each item set: ``dev`` to choose defaults and tune on,
+    ``test`` to report (drawn from independent streams; disjoint)."""
+
+    dev: int = Field(500, ge=10, le=100_000)
+    test: int = Field(1000, ge=10, le=100_000)
+
+
 class SyntheticSource(Section):
     size_mb: float = Field(8.0, gt=0, le=10_000, description="corpus size in MB of UTF-8 text")
-    benchmark_items: int = Field(1000, ge=10, le=100_000, description="items per benchmark task")
+    benchmark_items: BenchmarkItems = BenchmarkItems()
     episode_share: float = Field(
         0.8,
         ge=0,
@@ -48,13 +56,51 @@ class HFSource(Section):
     config: str | None = None
     split: str = "train"
     text_field: str = "text"
-    streaming: bool = False
-    max_documents: int | None = Field(None, ge=1)
+    streaming: bool = Field(
+        False,
+        description="iterate the files without building the datasets cache (memory bounded by "
+        "one record batch); each data file is then a task prepare.num_workers share",
+    )
+    max_documents: int | None = Field(
+        None, ge=1, description="read only the first N rows, in order (one task: no parallelism)"
+    )
+    domain_field: str | None = Field(
+        None, description="field holding each document's domain label; null = the dataset's name"
+    )
+
+
+DOMAIN_MODES = ("directory", "file")
 
 
 class FilesSource(Section):
     glob: str | None = Field(None, description="glob of .txt / .jsonl / .parquet files")
     text_field: str = "text"
+    split_txt: Literal["none", "paragraphs"] = Field(
+        "none",
+        description="none: a .txt file is one document; paragraphs: cut it at blank lines into "
+        "documents of at least document_chars characters (pipeline/data/text_split.py)",
+    )
+    document_chars: int = Field(
+        2000,
+        ge=16,
+        description="split_txt: paragraphs: a document ends at the first blank line after this "
+        "many characters, or, without one, at a sentence end within twice that",
+    )
+    domain: str = Field(
+        "directory",
+        description="each document's domain label: directory (the first directory under the "
+        "glob's root, or the root's name for files directly in it), file (the path under the "
+        "root) or field:<name> (a JSONL/Parquet field)",
+    )
+
+    @model_validator(mode="after")
+    def _domain_is_known(self) -> FilesSource:
+        field = self.domain.removeprefix("field:")
+        if self.domain not in DOMAIN_MODES and (field == self.domain or not field):
+            raise ValueError(
+                f"prepare.files.domain = {self.domain!r}: expected directory, file or field:<name>"
+            )
+        return self
 
 
 class SplitFractions(Section):
@@ -69,7 +115,22 @@ class PrepareConfig(Section):
     files: FilesSource = FilesSource()
     normalize: Literal["NFC", "NFKC", "none"] = "NFC"
     min_chars: int = Field(32, ge=1, description="documents shorter than this are dropped")
+    max_document_mb: float = Field(
+        16.0,
+        gt=0,
+        description="a longer document (JSONL line, Parquet or hf value, whole .txt file) is "
+        "refused, read in bounded pieces so it never fills memory",
+    )
     split: SplitFractions = SplitFractions()
+    shard_mb: float = Field(
+        64.0,
+        gt=0,
+        description="MB of text per output Parquet shard, and of input files grouped into one "
+        "task (pipeline/data/sources.py: plan_units)",
+    )
+    num_workers: int = Field(
+        1, ge=1, description="processes reading tasks in parallel; outputs do not depend on it"
+    )
 
     @model_validator(mode="after")
     def _source_is_configured(self) -> PrepareConfig:
@@ -91,6 +152,15 @@ class TokenizeConfig(Section):
     eot_token: str = "<|endoftext|>"
     token_dtype: Literal["uint16", "uint32"] = "uint16"
     batch_size: int = Field(1024, ge=1, description="documents per encode_batch call")
+    train_max_mb: float | None = Field(
+        None, gt=0, description="train the BPE on the first N MB of the train split; null = all"
+    )
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="processes encoding shards in parallel, each with cpu_count / num_workers "
+        "tokenizer threads (RAYON_NUM_THREADS if set); outputs do not depend on it",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TokenizeConfig:
@@ -132,9 +202,48 @@ class MoEConfig(Section):
     bias_update_rate: float = Field(
         1e-3, ge=0, description="aux-loss-free bias step (sigmoid_bias)"
     )
-    aux_loss_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss")
+    n_groups: int = Field(
+        1,
+        ge=1,
+        description="group-limited routing (DeepSeek-V3): the experts form n_groups groups of "
+        "consecutive ids; 1 = no groups (pipeline/model/router.py)",
+    )
+    topk_groups: int = Field(
+        1,
+        ge=1,
+        description="groups a token may route to: the best by the sum of their two highest "
+        "scores; n_groups = no limit",
+    )
+    balance: Literal["micro", "sequence", "global"] = Field(
+        "micro",
+        description="what the load-balancing loss balances: each micro-batch (over all ranks), "
+        "each sequence (DeepSeek-V3), or the optimizer step's whole batch (global; "
+        "pipeline/model/losses.py)",
+    )
+    aux_loss_weight: float = Field(
+        0.01, ge=0, description="weight of the load-balancing loss (its scope: balance)"
+    )
     z_loss_weight: float = Field(1e-3, ge=0, description="router z-loss")
-    seq_aux_loss_weight: float = Field(0.0, ge=0, description="sequence-level balance loss")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sequence_weight_is_a_scope(cls, data: Any) -> Any:
+        """``seq_aux_loss_weight`` became ``balance: sequence`` with ``aux_loss_weight`` as its
+        weight: a 0 is dropped (every model_config.json written before holds one), a weight
+        alone converts, and a weight beside a Switch weight names the keys to set."""
+        if not isinstance(data, dict) or "seq_aux_loss_weight" not in data:
+            return data
+        data = dict(data)
+        weight = data.pop("seq_aux_loss_weight")
+        if not weight:
+            return data
+        if data.get("aux_loss_weight", 0.01) or data.get("balance", "sequence") != "sequence":
+            raise ValueError(
+                f"seq_aux_loss_weight = {weight} is replaced by balance: sequence, whose weight "
+                "is aux_loss_weight (one balance loss per model): set balance: sequence and "
+                f"aux_loss_weight: {weight}, and remove seq_aux_loss_weight"
+            )
+        return {**data, "balance": "sequence", "aux_loss_weight": weight}
 
     @model_validator(mode="after")
     def _k_fits(self) -> MoEConfig:
@@ -144,6 +253,36 @@ class MoEConfig(Section):
                 f"train.model.moe.num_experts = {self.num_experts}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> MoEConfig:
+        experts, groups, kept = self.num_experts, self.n_groups, self.topk_groups
+        key = "train.model.moe"
+        if experts % groups:
+            raise ValueError(f"{key}.n_groups = {groups} must divide num_experts = {experts}")
+        if groups > 1 and experts // groups < 2:
+            raise ValueError(
+                f"{key}.n_groups = {groups} leaves {experts // groups} expert per group; a "
+                "group is ranked by its two best scores, so each needs at least 2 experts"
+            )
+        if kept > groups:
+            raise ValueError(f"{key}.topk_groups = {kept} exceeds n_groups = {groups}")
+        if self.top_k > kept * (experts // groups):
+            raise ValueError(
+                f"{key}.top_k = {self.top_k} exceeds the {kept * (experts // groups)} experts "
+                f"of topk_groups = {kept} groups of {experts // groups}"
+            )
+        if self.group_limited and self.router == "expert_choice":
+            raise ValueError(
+                f"{key}.n_groups = {groups} with topk_groups = {kept}: group-limited routing "
+                "is token choice; expert_choice has no per-token groups (set n_groups: 1)"
+            )
+        return self
+
+    @property
+    def group_limited(self) -> bool:
+        """Whether a token may route to only some of the expert groups."""
+        return self.topk_groups < self.n_groups
 
 
 class ModelConfig(Section):
@@ -250,6 +389,11 @@ class RuntimeConfig(Section):
     parallel: ParallelConfig = ParallelConfig()
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between last.ckpt saves")
     resume: Literal["auto", "never"] = "auto"
+    nonfinite_grad: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a non-finite gradient norm with a finite loss (e.g. a bf16 overflow): stop "
+        "the run, or skip that optimizer step (pipeline/train/callbacks.py)",
+    )
 
     def world_size(self) -> int | None:
         """``devices × num_nodes``, or None while ``devices: auto`` (known at launch only)."""
@@ -265,13 +409,99 @@ class MonitorConfig(Section):
     peak_flops: float | None = Field(
         None, gt=0, description="per-device peak for MFU; null = measure"
     )
+    dead_expert_load: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="routing health: an expert is dead when its share of a layer's assignments "
+        "over the steps since the last log is below this fraction of the mean share",
+    )
+    snapshot_fractions: list[float] = Field(
+        [0.1, 0.5],
+        description="fractions of max_steps after which the weights are kept in models/snapshots/ "
+        "(evaluate's router saturation compares their routing with the final model's); [] = none",
+    )
+
+    @model_validator(mode="after")
+    def _fractions_increase_inside_training(self) -> MonitorConfig:
+        fractions = self.snapshot_fractions
+        if any(not 0 < f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError(
+                f"train.monitor.snapshot_fractions = {fractions}: expected increasing fractions "
+                "strictly between 0 and 1 (the final model is the end of training), e.g. [0.1, 0.5]"
+            )
+        return self
+
+
+class RoutingGuardConfig(Section):
+    """Warns or stops when a MoE layer's routing collapses, checked at each logging step
+    (pipeline/train/routing_health.py). A limit of null is not checked. The defaults stay
+    clear of healthy runs (bench/RESULTS.md, "Routing health") and catch a collapse."""
+
+    max_vio: float | None = Field(
+        2.0,
+        gt=0,
+        description="largest tolerated MaxVio of a step (max over experts of (load - mean) / "
+        "mean; at most num_experts / top_k - 1)",
+    )
+    dead_fraction: float | None = Field(
+        0.25, ge=0, lt=1, description="largest tolerated fraction of dead experts in a layer"
+    )
+    patience_steps: int = Field(
+        50,
+        ge=0,
+        description="optimizer steps a limit must stay exceeded, at every logging step, "
+        "before the guard acts",
+    )
+    action: Literal["warn", "stop"] = "warn"
+
+
+class InitConfig(Section):
+    """Where the weights start: from scratch (``upcycle_from: null``) or sparse-upcycled from a
+    dense model (:mod:`pipeline.model.upcycling`: attention, norms and embeddings copied, every
+    expert a copy of its layer's dense MLP). Part of the run: the run fingerprint includes it
+    and the dense weights' SHA-256 (:func:`pipeline.train.outputs.run_fingerprint`). A resumed
+    run restores its checkpoint and never reads the dense model again."""
+
+    upcycle_from: str | None = Field(
+        None,
+        min_length=1,
+        description="a model directory as the train stage writes it (model.safetensors + "
+        "model_config.json) whose MLPs are dense; null = from scratch",
+    )
+    method: Literal["copy", "drop"] = Field(
+        "copy",
+        description="copy: every expert = the dense MLP; drop: then re-initialise a drop_ratio "
+        "share of each expert's hidden units, a different share per expert (drop-upcycling, "
+        "arXiv:2502.19261)",
+    )
+    drop_ratio: float = Field(
+        0.5, ge=0, le=1, description="method drop: share of each expert's hidden units redrawn"
+    )
+    router_init: Literal["normal", "zeros"] = Field(
+        "normal",
+        description="the routers' weights: normal = N(0, init_std) as from scratch; zeros = "
+        "uniform scores at step 0 (ties broken by expert id)",
+    )
+
+    @model_validator(mode="after")
+    def _drop_needs_a_source(self) -> InitConfig:
+        if self.method == "drop" and self.upcycle_from is None:
+            raise ValueError(
+                "train.init.method = 'drop' re-initialises part of upcycled experts, but "
+                "train.init.upcycle_from is null (from scratch): set upcycle_from to a dense "
+                "model directory, or method: copy"
+            )
+        return self
 
 
 class TrainConfig(Section):
-    """What is trained (model, optimizer, data geometry, length: the run's identity) plus how
-    it runs (``runtime``) and what is measured (``monitor``)."""
+    """What is trained (model, its initial weights, optimizer, data geometry, length: the run's
+    identity) plus how it runs (``runtime``), what is measured (``monitor``) and when a
+    collapsing router stops it (``routing_guard``)."""
 
     model: ModelConfig = ModelConfig()
+    init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
     seq_len: int = Field(256, ge=2, description="tokens per training window")
     micro_batch_size: int = Field(16, ge=1)
@@ -279,6 +509,7 @@ class TrainConfig(Section):
     max_steps: int = Field(300, ge=1, description="optimizer steps")
     runtime: RuntimeConfig = RuntimeConfig()
     monitor: MonitorConfig = MonitorConfig()
+    routing_guard: RoutingGuardConfig = RoutingGuardConfig()
 
     @model_validator(mode="after")
     def _window_fits(self) -> TrainConfig:
@@ -291,7 +522,7 @@ class TrainConfig(Section):
 
 
 #: The ``train`` sections that do not define the run: a run resumes across changes to them.
-NOT_THE_RUN = ("runtime", "monitor")
+NOT_THE_RUN = ("runtime", "monitor", "routing_guard")
 
 
 def check_parallel_layout(cfg: TrainConfig, world: int | None = None) -> tuple[int, int] | None:
@@ -339,7 +570,14 @@ class EvaluateConfig(Section):
         list(LOCAL_TASKS), description="the generated benchmark tasks to run (lm-eval, offline)"
     )
     extra_tasks: list[str] = Field(
-        [], description="standard lm-eval tasks (hellaswag, arc_easy, ...): need network or cache"
+        [],
+        description="standard lm-eval tasks or groups (arc_easy, lambada_openai, blimp, ...), "
+        "run with lm-eval's own definitions; datasets from the Hub or datasets_mirror",
+    )
+    datasets_mirror: str | None = Field(
+        None,
+        description="a directory holding the extra tasks' datasets in the Hub's layout, "
+        "<dir>/<hub id>/ (e.g. <dir>/allenai/ai2_arc); null = the Hub (or its local cache)",
     )
     model: Literal["native", "hf"] = Field(
         "native", description="evaluate the project's model (native) or its HF export (hf)"
@@ -350,6 +588,18 @@ class EvaluateConfig(Section):
         None, ge=1, description="tokens per split for perplexity; null = the whole split"
     )
     routing_max_tokens: int = Field(32_768, ge=1, description="test tokens for routing analysis")
+    routing_snapshot_tokens: int = Field(
+        8_192,
+        ge=1,
+        description="router saturation: test tokens each training snapshot routes (a forward "
+        "pass each; the first of the routing_max_tokens, at most all of them)",
+    )
+    routing_vocab_tokens: int = Field(
+        50, ge=1, description="vocabulary specialisation: the most frequent token ids analysed"
+    )
+    routing_vocab_min_count: int = Field(
+        20, ge=1, description="vocabulary specialisation: occurrences a token id needs"
+    )
     generation: GenerationConfig = GenerationConfig()
 
     @model_validator(mode="after")
@@ -366,6 +616,9 @@ class EvaluateConfig(Section):
 # --------------------------------------------------------------------------- card
 class CardConfig(Section):
     model_name: str = Field("moe-pipeline-tiny", min_length=1)
+    training_data: str | None = Field(
+        None, description="what the corpus is, its source and license, for the card's Training data"
+    )
     license: str = "apache-2.0"
     language: list[str] = ["en"]
     tags: list[str] = ["moe", "mixture-of-experts", "text-generation", "moe-pipeline"]

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,13 @@ def sha256_file(path: Path | str) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unreachable(url: str, timeout_s: float) -> str | None:
+    """Why ``url`` gave no answer within ``timeout_s`` seconds; ``None`` when it answered. For
+    failing in seconds where a client library would retry for minutes."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            return None
+    except (urllib.error.URLError, OSError) as exc:
+        return str(exc)

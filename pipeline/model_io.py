@@ -7,7 +7,9 @@ model is rebuilt from it, never from today's ``params.yaml``, so evaluation scor
 was trained even when the params have moved on since.
 
 The runtime choice of backend is an argument of :func:`load_model`, not part of the files: the
-same weights load under any backend.
+same weights load under any backend. ``model_config.json`` also records the SHA-256 of the
+weights file as written (``weights_sha256``); :func:`load_model` checks it before building
+anything, so damaged weights stop export and evaluation instead of being exported or scored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path, read_json, sha256_file, write_json
 from pipeline.model import MoETransformer
 from pipeline.paths import ModelFiles
 
@@ -43,13 +45,17 @@ def model_identity(cfg: ModelConfig, vocab_size: int) -> dict[str, Any]:
 
 
 def save_model(model: nn.Module, identity: dict[str, Any], files: ModelFiles) -> None:
-    """``model.safetensors`` (tied tensors stored once) and ``model_config.json``, both written
-    atomically; the weights carry the identity in their metadata too."""
+    """``model.safetensors`` (tied tensors stored once) and ``model_config.json`` with the
+    weights' SHA-256, both written atomically; the weights carry the identity in their metadata
+    too."""
     with atomic_path(files.weights) as tmp:
         save_safetensors(
             model, str(tmp), metadata={"format": "pt", "identity": json.dumps(identity)}
         )
-    write_json(files.config, {"format": WEIGHTS_FORMAT, **identity})
+        weights_sha256 = sha256_file(tmp)
+    write_json(
+        files.config, {"format": WEIGHTS_FORMAT, **identity, "weights_sha256": weights_sha256}
+    )
 
 
 def read_model_config(files: ModelFiles) -> tuple[ModelConfig, int]:
@@ -77,8 +83,7 @@ def load_model(
     evaluated with routing that differs from its training routing; the log says so.
     """
     cfg, vocab_size = read_model_config(files)
-    if not files.weights.is_file():
-        raise ModelLoadError(f"{files.weights}: not found (run the train stage)")
+    verify_weights(files)
     if cfg.moe.router == "expert_choice":
         log.warning(
             "%s: trained with expert_choice routing, which is not causal; evaluating with the "
@@ -94,3 +99,23 @@ def load_model(
             f"{files.weights}: unreadable ({exc}); truncated or corrupted: re-run the train stage"
         ) from None
     return model.to(device).eval()
+
+
+def verify_weights(files: ModelFiles) -> None:
+    """Refuse weights that are missing or differ from what training wrote (the SHA-256 it
+    recorded in ``model_config.json``)."""
+    if not files.weights.is_file():
+        raise ModelLoadError(f"{files.weights}: not found (run the train stage)")
+    recorded = read_json(files.config).get("weights_sha256")
+    if recorded is None:
+        raise ModelLoadError(
+            f"{files.config}: records no weights_sha256 (written by an earlier version), so "
+            f"{files.weights} cannot be checked; re-run the train stage"
+        )
+    actual = sha256_file(files.weights)
+    if actual != recorded:
+        raise ModelLoadError(
+            f"{files.weights}: SHA-256 {actual[:16]}... differs from the {recorded[:16]}... that "
+            f"training recorded in {files.config} (damaged or replaced); re-run the train stage "
+            "(dvc repro train)"
+        )

@@ -35,8 +35,14 @@ class Paths:
     def prepared_dir(self) -> Path:
         return self.root / "data" / "prepared"
 
-    def parquet(self, split: str) -> Path:
-        return self.prepared_dir / f"{split}.parquet"
+    def prepared_split(self, split: str) -> Path:
+        """A split's numbered Parquet shards and their manifest (``pipeline.data.prepared``)."""
+        return self.prepared_dir / split
+
+    @property
+    def prepare_staging(self) -> Path:
+        """Work in progress of ``prepare`` (its shard jobs' parts and completion markers)."""
+        return self.prepared_dir / ".staging"
 
     @property
     def prepare_stats(self) -> Path:
@@ -55,8 +61,9 @@ class Paths:
     def benchmarks_dir(self) -> Path:
         return self.root / "data" / "benchmarks"
 
-    def benchmark(self, task: str) -> Path:
-        return self.benchmarks_dir / f"{task}.jsonl"
+    def benchmark(self, task: str, split: str) -> Path:
+        """One task's ``dev`` or ``test`` items."""
+        return self.benchmarks_dir / split / f"{task}.jsonl"
 
     # ------------------------------------------------------------------ tokenize
     @property
@@ -71,8 +78,14 @@ class Paths:
     def tokens_dir(self) -> Path:
         return self.root / "data" / "tokens"
 
-    def tokens(self, split: str) -> Path:
-        return self.tokens_dir / f"{split}.bin"
+    def token_split(self, split: str) -> Path:
+        """A split's numbered token shards and their manifest (``pipeline.data.shards``)."""
+        return self.tokens_dir / split
+
+    @property
+    def tokenize_staging(self) -> Path:
+        """Work in progress of ``tokenize`` (its shard jobs' shards and completion markers)."""
+        return self.tokens_dir / ".staging"
 
     @property
     def tokenize_run(self) -> Path:
@@ -81,6 +94,11 @@ class Paths:
     @property
     def tokenize_metrics(self) -> Path:
         return self.root / "metrics" / "tokenize.json"
+
+    @property
+    def tokenize_timing(self) -> Path:
+        """The encoding's wall times and throughput: no stage depends on them."""
+        return self.root / "metrics" / "tokenize_timing.json"
 
     # ------------------------------------------------------------------ train
     @property
@@ -111,8 +129,34 @@ class Paths:
         return self.root / "metrics" / "train.json"
 
     @property
+    def train_timing(self) -> Path:
+        """The training's wall time, throughput and MFU: no stage depends on them."""
+        return self.root / "metrics" / "train_timing.json"
+
+    @property
     def train_plots_dir(self) -> Path:
         return self.root / "plots" / "train"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Weights kept during training (``train.monitor.snapshot_fractions``) for evaluate's
+        router saturation: one :class:`ModelFiles` directory per fraction (:meth:`snapshot_files`)."""
+        return self.models_dir / "snapshots"
+
+    def snapshot_files(self, fraction: float) -> ModelFiles:
+        """The weights after ``fraction`` of the training steps: ``snapshots/<percent>pct/``."""
+        return ModelFiles.in_dir(self.snapshots_dir / f"{100 * fraction:g}pct")
+
+    def snapshots(self) -> dict[float, ModelFiles]:
+        """The snapshots on disk by fraction of training, in order (read from the directory
+        names :meth:`snapshot_files` gives; anything else in the directory is ignored)."""
+        found = {}
+        for directory in sorted(self.snapshots_dir.glob("*pct")):
+            try:
+                found[float(directory.name.removesuffix("pct")) / 100] = directory
+            except ValueError:
+                continue
+        return {fraction: ModelFiles.in_dir(found[fraction]) for fraction in sorted(found)}
 
     # ------------------------------------------------------------------ export
     @property

@@ -1,10 +1,19 @@
 """MLflow run identity and lineage for every stage execution.
 
 One stage execution = one MLflow run in one experiment (``MLFLOW_EXPERIMENT_NAME``, default
-``moe-pipeline``). Lineage travels through DVC itself: each stage writes ``run.json`` (its run id)
-as a DVC output, the next stage declares that file as a dependency and tags its own run with the
-upstream run ids and the SHA-256 of its inputs. So from a model's run one can walk back to the
-exact tokenizer, token shards and corpus it came from, and ``dvc.lock`` pins the same hashes.
+``moe-pipeline``), which is tagged ``mlflow.experimentKind`` so the MLflow UI opens it in its
+model-training view rather than the GenAI traces overview.
+
+Lineage is derived from content, not carried by a file (docs/ARCHITECTURE.md, "Lineage"): a run
+tags the SHA-256 of each file a later stage reads as ``output.<name>.sha256`` and the SHA-256 of
+each file it read as ``input.<name>.sha256``, one name per file across the pipeline. A stage finds
+its upstream run as the newest finished run of that stage whose ``output.<name>.sha256`` tags
+equal its own inputs (an MLflow tag search) and records it as ``upstream.<stage>.run_id``. So from
+a model's run one can walk back to the exact tokenizer, token shards and corpus it came from, and
+no DVC dependency holds a per-execution value: a stage re-run that writes the same bytes leaves
+everything downstream unchanged for ``dvc repro``. For the same reason what an execution measures
+rather than computes (wall times, throughput) goes to the run and to a timing file that no stage
+depends on. The ``run.json`` each stage writes names its run for people; nothing reads it.
 
 Every run carries the git commit (``mlflow.source.git.commit``), a dirty flag, the DVC experiment
 name when ``dvc exp run`` started it (``DVC_EXP_NAME``), all of ``params.yaml`` flattened, and the
@@ -18,20 +27,25 @@ import importlib.metadata
 import logging
 import os
 import subprocess
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Params, flatten_keys
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, write_json
+from pipeline.io import unreachable, write_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "moe-pipeline"
 _HEALTH_TIMEOUT_S = 5.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# The kind MLflow's UI opens in its model-training view (runs, charts); unset, MLflow 3 shows the
+# GenAI overview of traces. The value is the UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT.
+MODEL_TRAINING_KIND = "custom_model_development"
+# What a training execution measures rather than computes: in its MLflow run and in
+# metrics/train_timing.json, never in metrics/train.json (which the card stage depends on).
+TRAIN_TIMINGS = ("wall_time_s", "tokens_per_s", "mfu", "peak_flops_per_device")
 
 
 class TrackingError(PipelineError):
@@ -64,14 +78,12 @@ def check_reachable(uri: str) -> None:
     """Fail fast on an unreachable HTTP tracking server instead of retrying for minutes."""
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_HEALTH_TIMEOUT_S):
-            pass
-    except (urllib.error.URLError, OSError) as exc:
+    why = unreachable(f"{uri.rstrip('/')}/health", _HEALTH_TIMEOUT_S)
+    if why is not None:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it, fix "
+            f"MLflow tracking server {uri} is unreachable ({why}); start it, fix "
             "MLFLOW_TRACKING_URI, or unset it to record locally in mlflow.db"
-        ) from None
+        )
 
 
 def git_state() -> dict[str, str]:
@@ -99,13 +111,24 @@ def pip_freeze() -> str:
     return "\n".join(sorted(names, key=str.lower)) + "\n"
 
 
+def split_timings(metrics: Mapping, timings: Collection[str]) -> tuple[dict, dict]:
+    """``(computed, measured)``: ``metrics`` without the keys in ``timings``, and those keys."""
+    computed = {k: v for k, v in metrics.items() if k not in timings}
+    return computed, {k: v for k, v in metrics.items() if k in timings}
+
+
 @dataclass
 class StageRun:
-    """A live MLflow run of one stage; thin wrapper so stages need not touch the client."""
+    """A live MLflow run of one stage; thin wrapper so stages need not touch the client.
+
+    ``upstream``: stage name → the run id of the upstream run found by content (absent where the
+    store holds none).
+    """
 
     run_id: str
     experiment_id: str
     uri: str
+    upstream: dict[str, str] = field(default_factory=dict)
 
     @property
     def client(self):
@@ -131,23 +154,82 @@ class StageRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
 
+    def set_outputs(self, outputs: Mapping[str, str]) -> None:
+        """Tag the SHA-256 of each output a later stage reads, by its pipeline-wide name: what
+        that stage's search for its upstream run matches."""
+        self.set_tags({f"output.{name}.sha256": digest for name, digest in outputs.items()})
 
-def _start(stage: str, params: Params, tags: dict[str, str]) -> StageRun:
+    def upstream_metrics(self, stage: str) -> dict[str, float]:
+        """The final metrics of the upstream run of ``stage`` (empty where none was found)."""
+        run_id = self.upstream.get(stage)
+        return dict(self.client.get_run(run_id).data.metrics) if run_id else {}
+
+
+def use_experiment(client, name: str) -> str:
+    """The id of experiment ``name``, created if missing, marked as model training (an
+    experiment created before the pipeline set the kind is marked on first use)."""
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    if not experiment or experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment_id
+
+
+def find_run(client, experiment_id: str, stage: str, outputs: Mapping[str, str]) -> str | None:
+    """The newest finished run of ``stage`` whose ``output.<name>.sha256`` tags equal
+    ``outputs`` (name → SHA-256): the run that wrote these bytes, or None."""
+    clauses = [f"tags.`pipeline.stage` = '{stage}'", "attributes.status = 'FINISHED'"]
+    clauses += [f"tags.`output.{name}.sha256` = '{digest}'" for name, digest in outputs.items()]
+    found = client.search_runs(
+        [experiment_id],
+        " and ".join(clauses),
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return found[0].info.run_id if found else None
+
+
+def _upstream_runs(
+    client, experiment_id: str, inputs: Mapping[str, str], upstream: Mapping[str, Collection[str]]
+) -> dict[str, str]:
+    found = {}
+    for stage, names in upstream.items():
+        run_id = find_run(client, experiment_id, stage, {n: inputs[n] for n in names})
+        if run_id is None:  # e.g. outputs pulled from a DVC remote into a fresh store
+            log.warning(
+                "no finished %s run in this MLflow experiment wrote %s: lineage tag "
+                "upstream.%s.run_id left out",
+                stage,
+                ", ".join(sorted(names)),
+                stage,
+            )
+        else:
+            found[stage] = run_id
+    return found
+
+
+def _start(
+    stage: str,
+    params: Params,
+    inputs: Mapping[str, str],
+    upstream: Mapping[str, Collection[str]],
+    tags: dict[str, str],
+) -> StageRun:
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
     check_reachable(uri)
     client = MlflowClient(uri)
-    name = experiment_name()
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = use_experiment(client, experiment_name())
+    found = _upstream_runs(client, experiment_id, inputs, upstream)
+    tags.update({f"upstream.{name}.run_id": run_id for name, run_id in found.items()})
     exp_name = os.environ.get("DVC_EXP_NAME")
     run_name = f"{stage}-{exp_name}" if exp_name else stage
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     flat = flatten_keys(params.model_dump(mode="json"))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(flat.items())])
-    return StageRun(run.info.run_id, experiment_id, uri)
+    return StageRun(run.info.run_id, experiment_id, uri, found)
 
 
 @contextlib.contextmanager
@@ -155,22 +237,24 @@ def stage_run(
     stage: str,
     params: Params,
     inputs: Mapping[str, str],
-    upstream: Mapping[str, Path],
+    upstream: Mapping[str, Collection[str]],
     run_file: Path,
 ) -> Iterator[StageRun]:
     """Track one stage execution; write ``run_file`` on success, mark the run FAILED otherwise.
 
-    ``inputs`` maps an input's name to its SHA-256; ``upstream`` maps an upstream stage's name to
-    the ``run.json`` it wrote, whose run id is recorded as a lineage tag.
+    ``inputs`` maps each input's pipeline-wide name to its SHA-256 (tagged
+    ``input.<name>.sha256``); ``upstream`` maps an upstream stage to the names of the inputs it
+    wrote, by which its run is found (:func:`find_run`) and tagged ``upstream.<stage>.run_id``.
     """
+    unknown = {n for names in upstream.values() for n in names} - set(inputs)
+    if unknown:
+        raise ValueError(f"upstream outputs {sorted(unknown)} are not among the inputs")
     tags = {"pipeline.stage": stage, **git_state()}
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp
     tags.update({f"input.{name}.sha256": digest for name, digest in inputs.items()})
-    upstream_ids = {name: read_json(path)["run_id"] for name, path in upstream.items()}
-    tags.update({f"upstream.{name}.run_id": run_id for name, run_id in upstream_ids.items()})
     try:
-        run = _start(stage, params, tags)
+        run = _start(stage, params, inputs, upstream, tags)
     except TrackingError:
         raise
     except Exception as exc:  # any store failure: say which store, keep the cause
@@ -189,6 +273,6 @@ def stage_run(
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
             "stage": stage,
-            "upstream": upstream_ids,
+            "upstream": run.upstream,
         },
     )

@@ -1,9 +1,11 @@
 """DVC stage ``card``: the model card, which makes ``models/hf/`` a complete model repository.
 
 ``python -m stages.card`` checks the export (:func:`~pipeline.export.hf_dir.verify_export`),
-reads the metrics, stats and run ids the earlier stages wrote plus ``dvc.lock``, copies the
-routing plots into ``models/hf/plots/`` and writes ``models/hf/README.md``
-(:mod:`evaluation.card`); both go to MLflow in a run of this stage.
+reads the metrics and stats the earlier stages wrote plus ``dvc.lock``, finds the earlier
+stages' MLflow runs by the content of those files (:mod:`pipeline.tracking`) and takes the
+training's wall time and throughput from its run, copies the routing plots into
+``models/hf/plots/`` and writes ``models/hf/README.md`` (:mod:`evaluation.card`); both go to
+MLflow in a run of this stage.
 
 ``dvc.lock`` is read but is not a declared dependency: DVC rewrites it after every stage, this
 one included, so declaring it would make the card permanently out of date. Its upstream entries
@@ -22,11 +24,11 @@ import yaml
 
 from evaluation.card import CardInputs, render_card
 from pipeline.config import Params, load_params
-from pipeline.export.hf_dir import verify_export
-from pipeline.io import atomic_path, read_json, write_text
+from pipeline.export.hf_dir import FILES, verify_export
+from pipeline.io import atomic_path, read_json, sha256_file, write_text
 from pipeline.model_io import read_model_config
 from pipeline.paths import Paths
-from pipeline.tracking import git_state, stage_run
+from pipeline.tracking import TRAIN_TIMINGS, git_state, stage_run
 from stages.common import require, run_main
 
 log = logging.getLogger("stages.card")
@@ -35,14 +37,25 @@ LOCKED_STAGES = ("prepare", "tokenize", "train", "export", "evaluate")
 PACKAGES = ("torch", "lightning", "transformers", "lm_eval", "huggingface_hub")
 
 
-def upstream_runs(paths: Paths) -> dict[str, Path]:
-    return {
-        "prepare": require(paths.prepare_run, "prepare"),
-        "tokenize": require(paths.tokenize_run, "tokenize"),
-        "train": require(paths.train_run, "train"),
-        "export": require(paths.export_run, "export"),
-        "evaluate": require(paths.eval_run, "evaluate"),
+def card_inputs(paths: Paths) -> dict[str, str]:
+    """The SHA-256 of each file the card reads, by the name its stage tags it with."""
+    files = {
+        "prepare_stats": (paths.prepare_stats, "prepare"),
+        "tokenize_metrics": (paths.tokenize_metrics, "tokenize"),
+        "train_metrics": (paths.train_metrics, "train"),
+        **{name: (paths.hf_dir / name, "export") for name in FILES},
+        "eval_metrics": (paths.eval_metrics, "evaluate"),
     }
+    return {name: sha256_file(require(path, stage)) for name, (path, stage) in files.items()}
+
+
+UPSTREAM = {
+    "prepare": ("prepare_stats",),
+    "tokenize": ("tokenize_metrics",),
+    "train": ("train_metrics",),
+    "export": FILES,
+    "evaluate": ("eval_metrics",),
+}
 
 
 def read_lock(path: Path) -> dict[str, dict[str, str]]:
@@ -84,10 +97,15 @@ def copy_plots(paths: Paths) -> list[str]:
     return copied
 
 
-def run(params: Params, paths: Paths, runs: dict[str, str]) -> Path:
-    """Write ``README.md`` and the plots into the export directory; return the README path."""
+def run(
+    params: Params, paths: Paths, runs: dict[str, str], timings: dict[str, float] | None = None
+) -> Path:
+    """Write ``README.md`` and the plots into the export directory; return the README path.
+
+    ``timings``: the training's :data:`~pipeline.tracking.TRAIN_TIMINGS`, from its MLflow run
+    (``metrics/train.json`` holds none: this stage depends on it)."""
     model, vocab_size = read_model_config(paths.model_files)
-    train_metrics = read_json(require(paths.train_metrics, "train"))
+    train_metrics = {**read_json(require(paths.train_metrics, "train")), **(timings or {})}
     inputs = CardInputs(
         params=params,
         model=model,
@@ -110,10 +128,10 @@ def run(params: Params, paths: Paths, runs: dict[str, str]) -> Path:
 def main() -> None:
     params = load_params()
     paths = Paths()
-    upstream = upstream_runs(paths)
-    runs = {stage: read_json(path)["run_id"] for stage, path in upstream.items()}
-    with stage_run("card", params, {}, upstream, paths.card_run) as tracked:
-        readme = run(params, paths, {**runs, "card": tracked.run_id})
+    with stage_run("card", params, card_inputs(paths), UPSTREAM, paths.card_run) as tracked:
+        measured = tracked.upstream_metrics("train")
+        timings = {key: measured[key] for key in TRAIN_TIMINGS if key in measured}
+        readme = run(params, paths, {**tracked.upstream, "card": tracked.run_id}, timings)
         tracked.log_artifact(readme, "model_card")
         for png in sorted(paths.card_plots_dir.rglob("*.png")):
             folder = png.parent.relative_to(paths.hf_dir).as_posix()

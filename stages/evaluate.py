@@ -21,17 +21,22 @@ from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
 from evaluation.generation import generations_markdown, sample_generations
-from evaluation.harness import run_harness
+from evaluation.harness import ITEM_SETS
 from evaluation.hf_lm import load_hf_lm
 from evaluation.lm_adapter import NativeLM
 from evaluation.perplexity import perplexity
-from evaluation.routing import analyse_routing
+from evaluation.routing import RoutingWindows, analyse_routing
+from evaluation.routing_domains import token_domains
+from evaluation.standard_tasks import StandardTasks
+from evaluation.task_scores import score_tasks
 from evaluation.token_bytes import token_byte_lengths, token_bytes
 from pipeline.config import EvaluateConfig, Params, load_params
-from pipeline.data.shards import open_tokens, read_header
+from pipeline.data.digests import verify_digests
+from pipeline.data.prepared import iter_texts, read_prepared
+from pipeline.data.shards import open_split, read_manifest, token_counts
 from pipeline.data.word_categories import read_word_categories
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, sha256_file, write_json, write_text
+from pipeline.io import sha256_file, write_json, write_text
 from pipeline.model import MoETransformer
 from pipeline.model_io import load_model
 from pipeline.paths import Paths
@@ -40,7 +45,7 @@ from stages.common import require, run_main
 
 log = logging.getLogger("stages.evaluate")
 
-HEADLINE_SUFFIXES = ("/acc", "/acc_norm", "/ppl", "/bits_per_byte")
+HEADLINE_SUFFIXES = ("/acc", "/acc_norm", "/above_baseline_stderr", "/ppl", "/bits_per_byte")
 
 
 def pick_device() -> torch.device:
@@ -96,7 +101,7 @@ def perplexities(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, flo
     lengths = token_byte_lengths(ev.tokenizer)
     metrics = {}
     for split in ("validation", "test"):
-        tokens, _ = open_tokens(paths.tokens(split))
+        tokens = open_split(paths.token_split(split)).tokens
         result = perplexity(
             lambda idx: ev.model(idx).logits,
             tokens,
@@ -112,27 +117,36 @@ def perplexities(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, flo
 
 
 def routing(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, float]:
-    tokens, _ = open_tokens(paths.tokens("test"))
-    report = analyse_routing(
+    test = open_split(paths.token_split("test"))
+    tokens = test.tokens
+    return analyse_routing(
         ev.model,
-        tokens,
-        token_bytes(ev.tokenizer),
-        read_word_categories(paths.word_categories),
-        ev.window,
-        cfg.routing_max_tokens,
-        cfg.batch_size,
-        ev.device,
+        RoutingWindows(tokens, ev.window, cfg.routing_max_tokens, cfg.batch_size, ev.device),
+        cfg,
+        snapshots=paths.snapshots(),
+        tok_bytes=token_bytes(ev.tokenizer),
+        words=read_word_categories(paths.word_categories),
+        domains=token_domains(
+            sorted(paths.prepared_split("test").glob("*.parquet")), tokens, test.eot_id
+        ),
+        out_dir=paths.eval_plots_dir,
     )
-    report.write(paths.eval_plots_dir)
-    return report.metrics()
+
+
+def standard_tasks(cfg: EvaluateConfig, paths: Paths) -> StandardTasks:
+    """The extra tasks, with a relative mirror taken from the repository root (as DVC runs)."""
+    mirror = paths.root / cfg.datasets_mirror if cfg.datasets_mirror else None
+    return StandardTasks(tuple(cfg.extra_tasks), mirror)
 
 
 def run(params: Params, paths: Paths) -> dict[str, float]:
     """Evaluate; write ``metrics/eval.json``, the generations and the plots; return the metrics."""
     cfg = params.evaluate
     started = time.perf_counter()
+    verify_digests(paths.tokenizer_dir, "tokenize")  # before any work: damaged inputs stop here
+    verify_digests(paths.benchmarks_dir, "prepare")
     ev = load(paths)
-    eot_id = read_header(paths.tokens("test")).eot_id
+    eot_id = read_manifest(paths.token_split("test")).eot_id
     lm = NativeLM(ev.model, ev.tokenizer, eot_id, ev.window, cfg.batch_size, params.seed)
     evaluator = harness_model(params, paths, lm, ev.device)  # before the long work: fail early
 
@@ -143,28 +157,33 @@ def run(params: Params, paths: Paths) -> dict[str, float]:
     write_text(
         paths.eval_plots_dir / "generations.md", generations_markdown(samples, cfg.generation)
     )
+    counts = token_counts(open_split(paths.token_split("train"), verify=False))
     metrics.update(
-        run_harness(
+        score_tasks(
             evaluator,
             list(cfg.tasks),
-            list(cfg.extra_tasks),
-            paths.benchmarks_dir,
+            standard_tasks(cfg, paths),
+            paths.benchmark,
             cfg.limit,
             params.seed,
+            unigram=(counts, ev.tokenizer, eot_id),
+            training_text=lambda: iter_texts(read_prepared(paths.prepared_split("train")), 4096),
         )
     )
-    metrics["time/total_s"] = time.perf_counter() - started
-    write_json(paths.eval_metrics, metrics)
-    log.info("evaluated in %.1f s: %s", metrics["time/total_s"], headline(metrics))
+    write_json(paths.eval_metrics, metrics)  # no timings: the card stage depends on this file
+    log.info("evaluated in %.1f s: %s", time.perf_counter() - started, headline(metrics))
     return metrics
 
 
 def headline(metrics: dict[str, float]) -> dict[str, float]:
-    """The scores that go into the train run, prefixed ``eval/``."""
+    """The scores that go into the train run, prefixed ``eval/``: perplexities, and each task's
+    test-set accuracy and margin over its strongest baseline (no tiers, no dev set)."""
     return {
         f"eval/{key}": value
         for key, value in metrics.items()
-        if key.endswith(HEADLINE_SUFFIXES) and not key.startswith("routing/")
+        if key.endswith(HEADLINE_SUFFIXES)
+        and not key.startswith("routing/")
+        and not any(part in key for part in ("/dev/", "/tier/", "/baseline/"))
     }
 
 
@@ -188,18 +207,22 @@ def main() -> None:
     paths = Paths()
     inputs = {
         "model": sha256_file(require(paths.model_files.weights, "train")),
-        "validation_tokens": read_header(paths.tokens("validation")).sha256,
-        "test_tokens": read_header(paths.tokens("test")).sha256,
+        "validation_tokens": read_manifest(paths.token_split("validation")).sha256,
+        "test_tokens": read_manifest(paths.token_split("test")).sha256,
+        "test": read_prepared(paths.prepared_split("test")).sha256,
         "word_categories": sha256_file(require(paths.word_categories, "prepare")),
         **{
-            f"benchmark.{task}": sha256_file(require(paths.benchmark(task), "prepare"))
+            f"benchmark.{item_set}.{task}": sha256_file(
+                require(paths.benchmark(task, item_set), "prepare")
+            )
             for task in params.evaluate.tasks
+            for item_set in ITEM_SETS
         },
     }
     upstream = {
-        "train": require(paths.train_run, "train"),
-        "tokenize": require(paths.tokenize_run, "tokenize"),
-        "prepare": require(paths.prepare_run, "prepare"),  # the benchmark items
+        "train": ("model",),
+        "tokenize": ("validation_tokens", "test_tokens"),
+        "prepare": ("test", "word_categories"),  # the test documents' domains, the categories
     }
     with stage_run("evaluate", params, inputs, upstream, paths.eval_run) as tracked:
         metrics = run(params, paths)
@@ -210,7 +233,9 @@ def main() -> None:
         for artifact in (paths.eval_metrics, paths.eval_generations):
             tracked.log_artifact(artifact)
         tracked.log_artifact(paths.eval_plots_dir / "generations.md")
-        log_into_model_run(read_json(paths.train_run)["run_id"], headline(metrics))
+        tracked.set_outputs({"eval_metrics": sha256_file(paths.eval_metrics)})
+        if "train" in tracked.upstream:
+            log_into_model_run(tracked.upstream["train"], headline(metrics))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import Params, load_params
+from pipeline.data.digests import verify_digests
 from pipeline.export.hf_dir import FILES, WEIGHTS, write_export
 from pipeline.io import sha256_file
 from pipeline.model_io import load_model
@@ -24,7 +25,9 @@ log = logging.getLogger("stages.export")
 
 
 def run(params: Params, paths: Paths) -> dict[str, float]:
-    """Export; return the size of what was written."""
+    """Export; return the size of what was written. The tokenizer and the weights are checked
+    against the digests their stages recorded before anything is built."""
+    verify_digests(paths.tokenizer_dir, "tokenize")
     model = load_model(paths.model_files)
     out = paths.hf_dir
     write_export(model, paths.tokenizer_dir, out, params.card.export_dtype)
@@ -43,15 +46,12 @@ def main() -> None:
         "model": sha256_file(require(paths.model_files.weights, "train")),
         "tokenizer": sha256_file(require(paths.tokenizer_file, "tokenize")),
     }
-    upstream = {
-        "train": require(paths.train_run, "train"),
-        "tokenize": require(paths.tokenize_run, "tokenize"),
-    }
+    upstream = {"train": ("model",), "tokenize": ("tokenizer",)}
     with stage_run("export", params, inputs, upstream, paths.export_run) as tracked:
         metrics = run(params, paths)
         tracked.log_metrics(metrics)
         out = paths.hf_dir
-        tracked.set_tags({f"output.{name}.sha256": sha256_file(out / name) for name in FILES})
+        tracked.set_outputs({name: sha256_file(out / name) for name in FILES})
         for name in FILES:
             if name != WEIGHTS:  # the weights are DVC's to store, not the tracking server's
                 tracked.log_artifact(out / name, "hf")

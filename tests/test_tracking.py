@@ -1,4 +1,5 @@
-"""MLflow tracking: what a stage run records, lineage between runs, failure and unreachable store."""
+"""MLflow tracking: what a stage run records, lineage between runs found by content, the
+experiment kind, failure and unreachable store."""
 
 from __future__ import annotations
 
@@ -25,24 +26,30 @@ def git_repo_with_one_commit(path) -> str:
     return git("rev-parse", "HEAD").stdout.strip()
 
 
+def finished_run(stage: str, outputs: dict[str, str], tmp_path) -> str:
+    """A finished run of ``stage`` that wrote ``outputs`` (name -> SHA-256), as stages record
+    them."""
+    with tracking.stage_run(stage, Params(), {}, {}, tmp_path / f"{stage}-run.json") as run:
+        run.set_outputs(outputs)
+    return run.run_id
+
+
 def test_stage_run_records_params_tags_metrics_artifacts(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "exp-abc")
     monkeypatch.chdir(tmp_path)
     commit = git_repo_with_one_commit(tmp_path)
-    upstream_file = tmp_path / "up.json"
-    upstream_file.write_text(json.dumps({"run_id": "0123abcd"}))
+    prepare_run = finished_run("prepare", {"train": "f00d", "test": "beef"}, tmp_path)
     artifact = tmp_path / "stats.json"
     artifact.write_text("{}")
     run_file = tmp_path / "out" / "run.json"
     params = Params()
-    with tracking.stage_run(
-        "tokenize", params, {"train": "f00d"}, {"prepare": upstream_file}, run_file
-    ) as run:
+    inputs = {"train": "f00d", "test": "beef"}
+    with tracking.stage_run("tokenize", params, inputs, {"prepare": inputs}, run_file) as run:
         run.log_metrics({"tokens": 123.0, "mb_per_s": 4.5})
         run.log_artifact(artifact, "metrics")
 
     written = json.loads(run_file.read_text())
-    assert written["run_id"] == run.run_id and written["upstream"] == {"prepare": "0123abcd"}
+    assert written["run_id"] == run.run_id and written["upstream"] == {"prepare": prepare_run}
     got = MlflowClient(mlflow_uri).get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.info.run_name == "tokenize-exp-abc"
@@ -52,7 +59,7 @@ def test_stage_run_records_params_tags_metrics_artifacts(mlflow_uri, tmp_path, m
     tags = got.data.tags
     assert tags["pipeline.stage"] == "tokenize"
     assert tags["input.train.sha256"] == "f00d"
-    assert tags["upstream.prepare.run_id"] == "0123abcd"
+    assert tags["upstream.prepare.run_id"] == prepare_run
     assert tags["dvc.exp_name"] == "exp-abc"
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["git.dirty"] == "false"  # untracked outputs do not make the tree dirty
@@ -95,3 +102,42 @@ def test_default_store_is_the_repo_root_even_inside_a_dvc_temp_copy(monkeypatch,
     inner.mkdir(parents=True)
     monkeypatch.chdir(inner)
     assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}"
+
+
+def test_upstream_is_the_newest_finished_run_that_wrote_the_inputs(mlflow_uri, tmp_path, caplog):
+    older = finished_run("prepare", {"train": "aa", "test": "bb"}, tmp_path)
+    newer = finished_run("prepare", {"train": "aa", "test": "bb"}, tmp_path)  # a re-run, same bytes
+    finished_run("prepare", {"train": "aa", "test": "cc"}, tmp_path)  # another test split
+    finished_run("tokenize", {"train": "aa", "test": "bb"}, tmp_path)  # another stage
+    with (
+        pytest.raises(RuntimeError),
+        tracking.stage_run("prepare", Params(), {}, {}, tmp_path / "x") as failed,
+    ):
+        failed.set_outputs({"train": "aa", "test": "bb"})  # the newest, but failed: not upstream
+        raise RuntimeError("boom")
+    run_file = tmp_path / "run.json"
+
+    inputs = {"train": "aa", "test": "bb", "own": "dd"}
+    with tracking.stage_run("tokenize", Params(), inputs, {"prepare": ("train", "test")}, run_file):
+        pass
+    assert older != newer and json.loads(run_file.read_text())["upstream"] == {"prepare": newer}
+
+    with tracking.stage_run("train", Params(), {"train": "ee"}, {"prepare": ["train"]}, run_file):
+        pass
+    orphan = json.loads(run_file.read_text())
+    assert orphan["upstream"] == {}
+    tags = MlflowClient(mlflow_uri).get_run(orphan["run_id"]).data.tags
+    assert "upstream.prepare.run_id" not in tags and tags["input.train.sha256"] == "ee"
+    assert "no finished prepare run in this MLflow experiment wrote train" in caplog.text
+
+
+def test_experiment_is_marked_as_model_training_new_or_existing(mlflow_uri, tmp_path, monkeypatch):
+    client = MlflowClient(mlflow_uri)
+    existing = client.create_experiment("made-before")  # as an older pipeline version left it
+    for name in ("made-before", "made-now"):
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+        with tracking.stage_run("prepare", Params(), {}, {}, tmp_path / "run.json") as run:
+            pass
+        tags = client.get_experiment(run.experiment_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment_by_name("made-before").experiment_id == existing

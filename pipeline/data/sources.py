@@ -1,65 +1,125 @@
 """Where raw documents come from: the synthetic grammar, a Hugging Face dataset, or local files.
 
-Each source yields :class:`Document` (text plus where it came from, for error messages) lazily,
-so a corpus larger than memory streams through the prepare stage.
+A source is cut into :class:`SourceUnit` s, the tasks of the prepare stage: each is read start to
+end by one process, lazily, so memory stays bounded whatever the corpus size, and the units in
+order give the source's documents in order (:func:`iter_documents`). :func:`plan_units` cuts:
+
+* ``files``: the sorted files, grouped in order into units of about ``prepare.shard_mb`` MB (a
+  bigger file is a unit of its own: split very large files to spread them over workers);
+* ``hf`` with ``streaming: true`` and no ``max_documents``: one unit per data file of the dataset
+  (``IterableDataset.shard``); otherwise one unit (``max_documents`` counts rows in order);
+* ``synthetic``: one unit (the generator is one seeded stream).
+
+Every document carries a domain label: ``prepare.files.domain`` (:mod:`pipeline.data.files`),
+``prepare.hf.domain_field`` (else the dataset's name), or the synthetic document's kind
+(``story``, ``tracking``, ``counting``).
 """
 
 from __future__ import annotations
 
-import glob
-import json
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import FilesSource, HFSource, PrepareConfig, SyntheticSource
-from pipeline.errors import PipelineError
+from pipeline.config import HFSource, PrepareConfig, SyntheticSource
+from pipeline.data.documents import DataError, Document
+from pipeline.data.files import label_of, list_files, read_file, text_of
 
-FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-class DataError(PipelineError):
-    """Input data is missing, malformed or not what the params say it is."""
+__all__ = ["DataError", "Document", "SourceUnit", "iter_documents", "iter_unit", "plan_units"]
 
 
 @dataclass(frozen=True)
-class Document:
-    text: str
-    origin: str  # "file.jsonl:12", "synthetic:3", "hf:name/split:5" — for messages only
+class SourceUnit:
+    """One task of the prepare stage. ``key`` says what it reads (JSON), so that a shard job's
+    completion marker can be matched with the current plan."""
+
+    index: int
+    key: dict[str, Any]
 
 
-def iter_documents(cfg: PrepareConfig, seed: int) -> Iterator[Document]:
-    """Documents of the configured source, in a deterministic order."""
+def plan_units(cfg: PrepareConfig, seed: int) -> list[SourceUnit]:
+    if cfg.source == "synthetic":
+        keys = [{"synthetic": cfg.synthetic.model_dump(mode="json"), "seed": seed}]
+    elif cfg.source == "hf":
+        keys = [{"hf": cfg.hf.model_dump(mode="json"), "shard": s} for s in _hf_shards(cfg.hf)]
+    else:
+        keys = [{"files": group} for group in _group_files(cfg)]
+    return [SourceUnit(index, key) for index, key in enumerate(keys)]
+
+
+def iter_unit(cfg: PrepareConfig, seed: int, unit: SourceUnit) -> Iterator[Document]:
+    """The documents of one unit, in order."""
     if cfg.source == "synthetic":
         return _synthetic(cfg.synthetic, seed)
     if cfg.source == "hf":
-        return _huggingface(cfg.hf)
-    return _files(cfg.files)
+        return _huggingface(cfg.hf, unit.key["shard"])
+    max_bytes = int(cfg.max_document_mb * 1e6)
+    return itertools.chain.from_iterable(
+        read_file(cfg.files, path, max_bytes) for path, _, _ in unit.key["files"]
+    )
+
+
+def iter_documents(cfg: PrepareConfig, seed: int) -> Iterator[Document]:
+    """Every document of the configured source, in a deterministic order."""
+    for unit in plan_units(cfg, seed):
+        yield from iter_unit(cfg, seed, unit)
+
+
+def _group_files(cfg: PrepareConfig) -> list[list[list]]:
+    """Consecutive files, grouped until a group holds ``shard_mb`` MB."""
+    groups: list[list[list]] = []
+    size = target = cfg.shard_mb * 1e6
+    for file in list_files(cfg.files):
+        if size >= target:
+            groups.append([])
+            size = 0
+        groups[-1].append(file.key())
+        size += file.size
+    return groups
 
 
 def _synthetic(cfg: SyntheticSource, seed: int) -> Iterator[Document]:
-    from pipeline.data.synthetic import generate_documents
+    from pipeline.data.synthetic import labelled_documents
 
-    for index, text in enumerate(generate_documents(seed, cfg.size_mb, cfg.episode_share)):
-        yield Document(text, f"synthetic:{index}")
+    documents = labelled_documents(seed, cfg.size_mb, cfg.episode_share)
+    for index, (kind, text) in enumerate(documents):
+        yield Document(text, f"synthetic:{index}", kind)
 
 
 # --------------------------------------------------------------------------- Hugging Face
-def _huggingface(cfg: HFSource) -> Iterator[Document]:
+def _hf_shards(cfg: HFSource) -> list[list[int] | None]:
+    """``[index, count]`` of each data file to read as a unit, or ``[None]`` for one unit."""
+    if not cfg.streaming or cfg.max_documents is not None:
+        return [None]
+    count = _load_hf(cfg).num_shards
+    return [[index, count] for index in range(count)] if count > 1 else [None]
+
+
+def _huggingface(cfg: HFSource, shard: list[int] | None) -> Iterator[Document]:
     dataset = _load_hf(cfg)
     columns = dataset.column_names or []
-    if columns and cfg.text_field not in columns:
-        raise DataError(
-            f"dataset {cfg.name!r}: no text field {cfg.text_field!r} "
-            f"(prepare.hf.text_field); its columns are {columns}"
-        )
-    for index, row in enumerate(dataset):
-        if cfg.max_documents is not None and index >= cfg.max_documents:
-            return
-        yield Document(
-            _text_of(row, cfg.text_field, f"{cfg.name}[{index}]"), f"hf:{cfg.name}:{index}"
-        )
+    for field, key in ((cfg.text_field, "text_field"), (cfg.domain_field, "domain_field")):
+        if field is not None and columns and field not in columns:
+            raise DataError(
+                f"dataset {cfg.name!r}: no {key.split('_')[0]} field {field!r} "
+                f"(prepare.hf.{key}); its columns are {columns}"
+            )
+    where = f"hf:{cfg.name}"
+    if shard is not None:
+        dataset = dataset.shard(num_shards=shard[1], index=shard[0], contiguous=True)
+        where += f":shard {shard[0]}"
+    default_domain = Path(cfg.name).name or cfg.name
+    rows = itertools.islice(dataset, cfg.max_documents)  # a stream stops reading here
+    for index, row in enumerate(rows):
+        at = f"{where}[{index}]"
+        text = text_of(row, cfg.text_field, at, "prepare.hf.text_field")
+        domain = default_domain
+        if cfg.domain_field is not None:
+            domain = label_of(row, cfg.domain_field, at, "prepare.hf.domain_field")
+        yield Document(text, at, domain)
 
 
 def _load_hf(cfg: HFSource):
@@ -81,81 +141,3 @@ def _load_hf(cfg: HFSource):
             "set prepare.source: files and prepare.files.glob: 'path/*.parquet' (or .jsonl/.txt), "
             "or point prepare.hf.name at a local directory in the hub's layout."
         ) from exc
-
-
-def _text_of(row: dict, field: str, where: str) -> str:
-    if field not in row:
-        raise DataError(f"{where}: no field {field!r}; available fields: {sorted(row)}")
-    value = row[field]
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
-    return value
-
-
-# --------------------------------------------------------------------------- local files
-def _files(cfg: FilesSource) -> Iterator[Document]:
-    paths = sorted(glob.glob(cfg.glob, recursive=True))
-    if not paths:
-        raise DataError(f"prepare.files.glob {cfg.glob!r} matched no file")
-    unsupported = [p for p in paths if not p.endswith(FILE_SUFFIXES)]
-    if unsupported:
-        raise DataError(
-            f"prepare.files.glob {cfg.glob!r} matched unsupported files {unsupported[:3]}; "
-            f"expected {', '.join(FILE_SUFFIXES)}"
-        )
-    for path in paths:
-        reader = {".txt": _read_txt, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
-        yield from reader[Path(path).suffix](Path(path), cfg.text_field)
-
-
-def _decode(data: bytes, where: str, base_offset: int = 0) -> str:
-    """Strict UTF-8: report the exact byte offset rather than mangling the text."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = base_offset + exc.start
-        raise DataError(
-            f"{where}: invalid UTF-8 at byte offset {offset} "
-            f"(bytes {data[exc.start : exc.start + 4]!r}); re-encode the file as UTF-8"
-        ) from None
-
-
-def _read_txt(path: Path, _field: str) -> Iterator[Document]:
-    """A ``.txt`` file is one document."""
-    yield Document(_decode(path.read_bytes(), str(path)), str(path))
-
-
-def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
-    offset = 0
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            where = f"{path}:{line_no}"
-            line = _decode(raw, where, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield Document(_text_of(row, field, where), where)
-
-
-def _read_parquet(path: Path, field: str) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    columns = parquet.schema_arrow.names
-    if field not in columns:
-        raise DataError(
-            f"{path}: no column {field!r} (prepare.files.text_field); its columns are {columns}"
-        )
-    row = 0
-    for batch in parquet.iter_batches(columns=[field], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            if not isinstance(text, str):
-                raise DataError(f"{path}: row {row}: {field!r} is {text!r}, expected a string")
-            yield Document(text, f"{path}:row {row}")
-            row += 1

@@ -14,10 +14,16 @@ approximated. Two architectures are used, in this order:
   ``renormalize: true``, ``first_dense_layers: 0`` and ``moe_every: 1``.
 
 Refused, with the parameter named: ``router: sigmoid_bias`` (the only architectures with
-DeepSeek-V3 bias routing, deepseek_v3 and glm4_moe, have other attention: MLA, partial RoPE)
-and ``num_shared_experts > 0`` (qwen2_moe's shared expert is scaled by a learned sigmoid gate, so
-an ungated sum is not expressible). ``router: expert_choice`` is exported: in eval mode it routes
-by token-choice top-k softmax (see :mod:`pipeline.model.router`), which is what the export does.
+DeepSeek-V3 bias routing, deepseek_v3 and glm4_moe, have other attention: MLA, partial RoPE),
+group-limited routing (``n_groups`` with ``topk_groups < n_groups``: qwen3_moe and mixtral have
+no expert groups; deepseek_v3's router has them, ``n_group`` / ``topk_group`` ranking groups by
+the sum of their two best biased sigmoid scores as this project does, but its attention is MLA,
+whose ``kv_a_layernorm`` normalises the compressed key/value latent, so no choice of its
+weights computes this model's grouped-query attention with per-head q/k norms; and it has no
+softmax router) and ``num_shared_experts > 0`` (qwen2_moe's shared expert is scaled by a learned
+sigmoid gate, so an ungated sum is not expressible). ``router: expert_choice`` is exported: in
+eval mode it routes by token-choice top-k softmax (see :mod:`pipeline.model.router`), which is
+what the export does.
 Capacity factors do not matter: inference is dropless in both implementations.
 
 Checkpoints are written in the hub layout of each architecture (one tensor per expert:
@@ -48,7 +54,8 @@ class ExportError(PipelineError):
 @dataclass(frozen=True)
 class Architecture:
     """How one ``transformers`` architecture names things; ``expert_names`` are the names of
-    the project's ``(w1, w3, w2)`` (gate, up, down) inside one expert."""
+    the project's gate and up projections (the two halves of ``w13``) and ``w2`` (down) inside
+    one expert."""
 
     model_type: str
     class_name: str
@@ -67,6 +74,14 @@ def choose_architecture(cfg: ModelConfig) -> Architecture:
     """The architecture that computes exactly what ``cfg`` computes in eval mode, or an
     :class:`ExportError` naming the ``train.model`` keys that no architecture can express."""
     moe = cfg.moe
+    if moe.group_limited:
+        raise ExportError(
+            f"train.model.moe.n_groups = {moe.n_groups} with topk_groups = {moe.topk_groups}: "
+            "no transformers architecture expresses group-limited routing with this model's "
+            "attention (deepseek_v3 has n_group / topk_group but MLA attention and sigmoid "
+            "routing only; qwen3_moe and mixtral have no groups); export needs n_groups: 1 or "
+            "topk_groups = n_groups"
+        )
     if moe.router == "sigmoid_bias":
         raise ExportError(
             "train.model.moe.router = 'sigmoid_bias': no transformers architecture combines "
@@ -171,8 +186,9 @@ def _moe_tensors(arch: Architecture, prefix: str, layer: MoELayer) -> dict[str, 
     out = {f"{prefix}.gate.weight": layer.router.weight}
     experts = layer.experts
     for e in range(layer.cfg.num_experts):
-        out[f"{prefix}.experts.{e}.{gate}.weight"] = experts.w1[e]  # (F, D)
-        out[f"{prefix}.experts.{e}.{up}.weight"] = experts.w3[e]  # (F, D)
+        gate_FD, up_FD = experts.w13[e].chunk(2)  # w13[e] = [W1; W3] (2F, D)
+        out[f"{prefix}.experts.{e}.{gate}.weight"] = gate_FD
+        out[f"{prefix}.experts.{e}.{up}.weight"] = up_FD
         out[f"{prefix}.experts.{e}.{down}.weight"] = experts.w2[e]  # (D, F)
     return out
 

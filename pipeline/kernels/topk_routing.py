@@ -12,7 +12,12 @@ column masked out (ties go to the lower expert id), optional renormalisation ove
 
 Selection: softmax routing ranks the logits (the same order as the probabilities, without their
 rounding); sigmoid routing ranks ``sigmoid(logits) + bias``, the bias only selecting: the
-weights are the unbiased scores.
+weights are the unbiased scores. Group-limited routing (``n_groups > 1``, DeepSeek-V3) first
+ranks each token's groups of ``E / n_groups`` consecutive experts by the sum of their two highest
+selection scores (softmax: the probabilities, as a sum of logits would rank differently;
+sigmoid: the biased scores), keeps the best ``topk_groups`` by ``topk_groups`` rounds of argmax
+(ties to the lower group id) and masks the other groups' experts out of the top-k. Selection
+only: the backward reads the chosen ids, so it is the same for grouped routing.
 
 Backward (``_route_bwd_kernel``): recomputes the scores from the logits and sends the gradients
 of the weights, of ``probs``, of the per-expert ``probs`` sums and of the z-loss sum back to the
@@ -65,11 +70,35 @@ def _scores(logits_ptr, T, E, stride_t, block, BT: tl.constexpr, E_PAD: tl.const
 
 
 @triton.jit
+def _keep_top_groups(key, group_key, e, e_ok, N_GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr,
+                     GROUP_SIZE: tl.constexpr, G_PAD: tl.constexpr, BT: tl.constexpr,
+                     E_PAD: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """``key`` with -inf outside each token's ``TOPK_GROUPS`` best groups, a group ranked by
+    the sum of the two highest ``group_key`` values among its experts."""
+    group_of = e // GROUP_SIZE
+    g = tl.arange(0, G_PAD)
+    group_score = tl.full((BT, G_PAD), float("-inf"), ACC)
+    for i in range(N_GROUPS):
+        members = tl.where(((group_of == i) & e_ok)[None, :], group_key, float("-inf"))
+        first = tl.argmax(members, axis=1, tie_break_left=True)
+        second = tl.max(tl.where(e[None, :] == first[:, None], float("-inf"), members), axis=1)
+        top2 = tl.max(members, axis=1) + second
+        group_score = tl.where(g[None, :] == i, top2[:, None], group_score)
+    kept = tl.zeros((BT, E_PAD), dtype=tl.int1)  # experts of the groups picked so far
+    for _ in range(TOPK_GROUPS):
+        pick = tl.argmax(group_score, axis=1, tie_break_left=True)
+        kept |= group_of[None, :] == pick[:, None]
+        group_score = tl.where(g[None, :] == pick[:, None], float("-inf"), group_score)
+    return tl.where(kept, key, float("-inf"))
+
+
+@triton.jit
 def _route_fwd_kernel(
     logits_ptr, bias_ptr, w_ptr, ids_ptr, probs_ptr, counts_ptr, psum_ptr, zsum_ptr,
     T, E, K, stride_t,
     SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr, ACC: tl.constexpr,
-    BT: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    BT: tl.constexpr, E_PAD: tl.constexpr, K_PAD: tl.constexpr, N_GROUPS: tl.constexpr,
+    TOPK_GROUPS: tl.constexpr, GROUP_SIZE: tl.constexpr, G_PAD: tl.constexpr,
 ):  # fmt: skip
     block = tl.program_id(0)
     t, e, t_ok, e_ok, logits, softmax, lse = _scores(
@@ -86,6 +115,11 @@ def _route_fwd_kernel(
         score = softmax
         probs = softmax
         key = logits
+    if N_GROUPS > 1:
+        key = _keep_top_groups(
+            key, key if SIGMOID else softmax, e, e_ok, N_GROUPS, TOPK_GROUPS, GROUP_SIZE, G_PAD,
+            BT, E_PAD, ACC,
+        )  # fmt: skip
     slots = tl.arange(0, K_PAD)
     w_tile = tl.zeros((BT, K_PAD), dtype=ACC)
     ids_tile = tl.zeros((BT, K_PAD), dtype=tl.int64)
@@ -196,6 +230,21 @@ def _check_args(logits_TE: torch.Tensor, k: int, score: str) -> tuple[int, int]:
     return t, e
 
 
+def _check_groups(e: int, k: int, n_groups: int, topk_groups: int) -> None:
+    if n_groups == 1:
+        return
+    if n_groups < 1 or e % n_groups or e // n_groups < 2:
+        raise KernelInputError(
+            f"n_groups: expected 1, or a divisor of {e} (the number of experts) that leaves "
+            f"groups of at least 2, got {n_groups}"
+        )
+    if not 1 <= topk_groups <= n_groups or k > topk_groups * (e // n_groups):
+        raise KernelInputError(
+            f"topk_groups: expected 1 <= topk_groups <= {n_groups} groups holding at least "
+            f"k = {k} experts, got {topk_groups}"
+        )
+
+
 def topk_route(
     logits_TE: torch.Tensor,
     k: int,
@@ -203,10 +252,13 @@ def topk_route(
     score: str = "softmax",
     renormalize: bool = True,
     bias_E: torch.Tensor | None = None,
+    n_groups: int = 1,
+    topk_groups: int = 1,
 ) -> TopKRoute:
     """Top-``k`` routing of ``logits_TE`` (see the module docstring); ``bias_E`` only with
-    ``score="sigmoid"``."""
+    ``score="sigmoid"``; ``n_groups > 1`` limits each token to its ``topk_groups`` best groups."""
     t, e = _check_args(logits_TE, k, score)
+    _check_groups(e, k, n_groups, topk_groups)
     if bias_E is not None:
         if score != "sigmoid":
             raise KernelInputError("bias_E: a selection bias is only defined for sigmoid scores")
@@ -229,6 +281,8 @@ def topk_route(
             t, e, k, logits_TE.stride(0),
             SIGMOID=score == "sigmoid", HAS_BIAS=bias_E is not None, RENORM=renormalize,
             ACC=acc_dtype(logits_TE.dtype), BT=bt, E_PAD=e_pad, K_PAD=pow2(k, 2),
+            N_GROUPS=n_groups, TOPK_GROUPS=topk_groups, GROUP_SIZE=e // n_groups,
+            G_PAD=pow2(n_groups, 2),
         )  # fmt: skip
     return TopKRoute(
         weights_TK,

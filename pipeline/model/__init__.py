@@ -3,7 +3,8 @@
 ``moe`` (the layer: router → capacity → dispatch → experts → combine), ``router``,
 ``capacity``, ``dispatch`` (local and expert-parallel), ``experts``, ``losses``,
 ``routing_stats``, ``backends`` (which implementation runs: the one ``auto`` rule),
-``layers`` (norm, rotary, attention, dense MLP) and ``transformer``. The arithmetic lives in
+``layers`` (norm, rotary, attention, dense MLP), ``transformer`` and ``upcycling`` (a dense
+model's weights as a MoE model's initial weights). The arithmetic lives in
 :mod:`pipeline.ops` (and the Triton kernels under it, :mod:`pipeline.kernels`); nothing here
 depends on which backend runs it.
 """

@@ -22,9 +22,16 @@ def expert_capacity(num_tokens: int, top_k: int, num_experts: int, factor: float
 
 @torch.no_grad()
 def capacity_keep_mask(
-    scores_TK: torch.Tensor, ids_TK: torch.Tensor, capacity: int, policy: str
+    scores_TK: torch.Tensor,
+    ids_TK: torch.Tensor,
+    counts_E: torch.Tensor,
+    capacity: int,
+    policy: str,
 ) -> torch.Tensor:
     """(T, K) bool: which assignments fit in their expert's ``capacity`` slots.
+
+    ``counts_E`` are the assignments per expert, the router's own (``Routing.counts_E``): the
+    layer counts its assignments once per forward.
 
     ``probability`` keeps each expert's highest-scoring assignments (the layer passes the
     router probability of each assignment: renormalised top-1 weights are all 1 and could not
@@ -39,7 +46,7 @@ def capacity_keep_mask(
     else:
         raise ValueError(f"unknown drop_policy {policy!r}; expected 'probability' or 'position'")
     by_expert = priority[torch.argsort(flat_ids[priority], stable=True)]
-    counts_E = torch.bincount(flat_ids)
+    counts_E = counts_E.long()
     starts_E = counts_E.cumsum(0) - counts_E
     rank_in_expert = (
         torch.arange(flat_ids.numel(), device=ids_TK.device) - starts_E[flat_ids[by_expert]]

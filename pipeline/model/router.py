@@ -5,16 +5,30 @@ small logit differences, and the z-loss squares the logsumexp.
 
 - ``softmax_topk``: top-k of the softmax, optionally renormalised over the k picks. k=1 without
   renormalisation is the Switch Transformer router.
-- ``sigmoid_bias``: DeepSeek-V3's auxiliary-loss-free balancing. Scores are ``sigmoid(logits)``;
-  a per-expert bias (a buffer, not trained by gradients) is added to the scores to SELECT the
-  top-k experts only; the weights come from the unbiased scores of the selected experts,
-  normalised over the k. :meth:`SigmoidBiasRouter.update_bias` nudges the bias by
-  ``rate · sign(mean load − load_e)`` from the loads counted since the previous update.
+- ``sigmoid_bias``: DeepSeek-V3's auxiliary-loss-free balancing (Wang et al. 2024,
+  arXiv:2408.15664). Scores are ``sigmoid(logits)``; a per-expert bias (a buffer, not trained by
+  gradients) is added to the scores to SELECT the top-k experts only; the weights come from the
+  unbiased scores of the selected experts, normalised over the k.
+  :meth:`SigmoidBiasRouter.update_bias` nudges the bias by ``rate · sign(mean load − load_e)``
+  from the loads of one optimizer step, which the MoE layer counts (once per micro-batch, outside
+  any recomputed block: :mod:`pipeline.model.moe`).
 - ``expert_choice``: each expert picks its top-C tokens (Zhou et al., 2022). NOT CAUSAL: whether
   a token is picked depends on every other token of the micro-batch, future ones included, so it
   is a training-time router only. In eval mode it falls back to token-choice top-k softmax (with
   a warning logged once), so a trained model can still be evaluated and generate text; eval
   routing then differs from training routing, which the evaluation should keep in mind.
+
+Group-limited routing (DeepSeek-V2 device-limited routing, arXiv:2405.04434; DeepSeek-V3,
+arXiv:2412.19437, section 2.1.2), for ``softmax_topk`` and ``sigmoid_bias``: the E experts form
+``n_groups`` groups of consecutive ids, each token ranks the groups by the sum of the two highest
+selection scores inside them and keeps the best ``topk_groups``, then takes its top-k among the
+experts of those groups. The selection score is the one the router ranks experts by: the
+softmax probability, or the biased sigmoid score (as transformers' ``DeepseekV3TopkRouter`` and
+torchtitan's ``torchtitan/models/common/moe.py`` do; Megatron-Core's ``group_limited_topk`` in
+``megatron/core/transformer/moe/moe_utils.py`` sums the top ``k / topk_groups`` instead of the
+top 2). Selection only: the weights, ``probs`` and every gradient formula are the ungrouped
+router's, restricted to the experts picked. With ``n_groups`` set to the expert-parallel size
+a token's experts live on at most ``topk_groups`` ranks; the dispatch does not rely on it.
 
 Fused path. ``softmax_topk`` and ``sigmoid_bias`` route through the fused Triton op
 (:mod:`pipeline.ops.triton_routing`: scores, bias, top-k, renormalisation and the loss sums in
@@ -34,7 +48,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -88,15 +101,27 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def _fused_route(logits_TE: torch.Tensor, k: int, score: str, renormalize: bool,
+def keep_top_groups(key_TE: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:
+    """``key_TE`` with the experts outside each token's ``topk_groups`` best groups at -inf; a
+    group's rank is the sum of its two highest keys (see the module docstring)."""
+    t, e = key_TE.shape
+    key_TGS = key_TE.view(t, n_groups, e // n_groups)
+    group_score_TG = key_TGS.topk(2, dim=-1).values.sum(dim=-1)
+    kept_TG = torch.zeros_like(group_score_TG, dtype=torch.bool)
+    kept_TG.scatter_(1, group_score_TG.topk(topk_groups, dim=-1).indices, True)
+    return key_TGS.masked_fill(~kept_TG[..., None], float("-inf")).view(t, e)
+
+
+def _fused_route(logits_TE: torch.Tensor, router: Router, score: str,
                  bias_E: torch.Tensor | None = None) -> Routing:  # fmt: skip
     """The fused Triton router's :class:`Routing`. Imported on first call, not at module
     import: Triton reads ``TRITON_INTERPRET`` when its kernels are defined (:mod:`pipeline.ops`)."""
     from pipeline.ops.triton_routing import fused_route
 
     weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum = fused_route(
-        logits_TE, k, score, renormalize, bias_E
-    )
+        logits_TE, router.top_k, score, router.renormalize, bias_E, router.n_groups,
+        router.topk_groups,
+    )  # fmt: skip
     return Routing(weights_TK, ids_TK, logits_TE, probs_TE, counts_E.float(), prob_sum_E, z_sum)
 
 
@@ -108,7 +133,17 @@ class Router(nn.Module):
         self.num_experts = cfg.num_experts
         self.top_k = cfg.top_k
         self.renormalize = cfg.renormalize
+        # Groups of one (n_groups 1) or all kept: plain top-k, without the group ranking's work.
+        self.n_groups, self.topk_groups = (
+            (cfg.n_groups, cfg.topk_groups) if cfg.group_limited else (1, 1)
+        )
         self.weight = nn.Parameter(torch.empty(cfg.num_experts, d_model))
+
+    def _select(self, key_TE: torch.Tensor) -> torch.Tensor:
+        """(T, K) ids of the top-k of ``key_TE`` within each token's groups."""
+        if self.n_groups > 1:
+            key_TE = keep_top_groups(key_TE, self.n_groups, self.topk_groups)
+        return key_TE.topk(self.top_k, dim=-1).indices
 
     def forward(self, x_TD: torch.Tensor, fused: bool = False) -> Routing:
         """Route ``x_TD``; ``fused`` takes the Triton kernel where the router has one."""
@@ -119,14 +154,19 @@ class Router(nn.Module):
     def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
         raise NotImplementedError
 
-    def update_bias(self) -> None:
-        """Called after each optimizer step; only the aux-loss-free router has state to update."""
+    def update_bias(self, load_E: torch.Tensor) -> None:
+        """Called after each optimizer step with the step's assignments per expert (summed over
+        its micro-batches and ranks); only the aux-loss-free router has state to update."""
 
 
 class SoftmaxTopKRouter(Router):
     def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
         if fused:
-            return _fused_route(logits_TE, self.top_k, "softmax", self.renormalize)
+            return _fused_route(logits_TE, self, "softmax")
+        if self.n_groups > 1:
+            probs_TE = logits_TE.softmax(dim=-1)
+            ids_TK = self._select(probs_TE.detach())
+            return _renormalized(probs_TE.gather(1, ids_TK), ids_TK, logits_TE, probs_TE, self)
         return _softmax_topk(logits_TE, self.top_k, self.renormalize)
 
 
@@ -138,53 +178,32 @@ def _softmax_topk(logits_TE: torch.Tensor, k: int, renormalize: bool) -> Routing
     return _routing(weights_TK, ids_TK, logits_TE, probs_TE)
 
 
-class SigmoidBiasRouter(Router):
-    """DeepSeek-V3 aux-loss-free routing; see the module docstring.
+def _renormalized(weights_TK, ids_TK, logits_TE, probs_TE, router: Router) -> Routing:
+    if router.renormalize:
+        weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+    return _routing(weights_TK, ids_TK, logits_TE, probs_TE)
 
-    The loads since the last update are kept in a plain attribute, not a registered buffer:
-    DDP broadcasts buffers from rank 0 at every forward, which would overwrite each rank's own
-    counts. :meth:`update_bias` all-reduces them, so every rank applies the same update and the
-    bias buffer (checkpointed) stays identical across ranks.
-    """
+
+class SigmoidBiasRouter(Router):
+    """DeepSeek-V3 aux-loss-free routing; see the module docstring. The bias buffer is
+    checkpointed; every rank gets the same step loads (summed over the ranks by the MoE layer),
+    so every rank applies the same update and the bias stays identical across ranks."""
 
     def __init__(self, d_model: int, cfg: MoEConfig):
         super().__init__(d_model, cfg)
         self.bias_update_rate = cfg.bias_update_rate
         self.register_buffer("expert_bias", torch.zeros(cfg.num_experts))
-        self._load_E: torch.Tensor | None = None
 
     def route(self, logits_TE: torch.Tensor, fused: bool) -> Routing:
         if fused:
-            routing = _fused_route(
-                logits_TE, self.top_k, "sigmoid", self.renormalize, self.expert_bias.float()
-            )
-        else:
-            routing = self._route_sigmoid(logits_TE)
-        if self.training:
-            self._add_load(routing.counts_E)
-        return routing
-
-    def _route_sigmoid(self, logits_TE: torch.Tensor) -> Routing:
+            return _fused_route(logits_TE, self, "sigmoid", self.expert_bias.float())
         scores_TE = logits_TE.sigmoid()
-        ids_TK = (scores_TE.detach() + self.expert_bias).topk(self.top_k, dim=-1).indices
-        weights_TK = scores_TE.gather(1, ids_TK)
-        if self.renormalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        ids_TK = self._select(scores_TE.detach() + self.expert_bias)
         probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
-        return _routing(weights_TK, ids_TK, logits_TE, probs_TE)
+        return _renormalized(scores_TE.gather(1, ids_TK), ids_TK, logits_TE, probs_TE, self)
 
     @torch.no_grad()
-    def _add_load(self, load_E: torch.Tensor) -> None:
-        # A copy: update_bias all-reduces it in place, and load_E is the routing's own count.
-        self._load_E = load_E.clone() if self._load_E is None else self._load_E + load_E
-
-    @torch.no_grad()
-    def update_bias(self) -> None:
-        if self._load_E is None:
-            return
-        load_E, self._load_E = self._load_E, None
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load_E)
+    def update_bias(self, load_E: torch.Tensor) -> None:
         self.expert_bias += self.bias_update_rate * torch.sign(load_E.mean() - load_E)
 
 

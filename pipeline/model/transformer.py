@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
+from pipeline.model.experts import GroupedExperts
 from pipeline.model.layers import MLP, Attention, RMSNorm, RotaryEmbedding
 from pipeline.model.moe import MoELayer
 from pipeline.model.routing_stats import RouterStats
@@ -84,8 +85,11 @@ class MoETransformer(nn.Module):
     def _init_weights(self) -> None:
         residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
-            if isinstance(self.get_submodule(name.rpartition(".")[0] or ""), RMSNorm):
+            owner = self.get_submodule(name.rpartition(".")[0] or "")
+            if isinstance(owner, RMSNorm):
                 nn.init.ones_(p)
+            elif isinstance(owner, GroupedExperts) and p is owner.w13:
+                owner.init_gate_up_(self.cfg.init_std)
             elif name.endswith(_RESIDUAL_OUTPUTS):
                 nn.init.normal_(p, std=residual_std)
             else:
@@ -98,6 +102,9 @@ class MoETransformer(nn.Module):
         length = idx_BL.shape[1]
         if length > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if self.training:  # here, not in a block: a recomputed block must not start one
+            for layer in self.moe_layers():
+                layer.begin_micro_batch()
         x_BLD = self.embed(idx_BL)
         aux_loss = x_BLD.new_zeros((), dtype=torch.float32)
         stats: list[RouterStats] = []
@@ -109,10 +116,11 @@ class MoETransformer(nn.Module):
         return ModelOutput(self.lm_head(self.norm(x_BLD)), aux_loss, stats)
 
     def update_router_biases(self) -> None:
-        """Call after each optimizer step: applies the aux-loss-free bias update (a no-op for
-        routers without a bias)."""
+        """Call after each optimizer step: applies the aux-loss-free bias update from the
+        step's expert counts (a no-op for routers without a bias) and starts counting the next
+        step (:meth:`MoELayer.end_step`)."""
         for layer in self.moe_layers():
-            layer.router.update_bias()
+            layer.end_step()
 
     def num_params(self) -> dict[str, int]:
         """``total``: every parameter once (tied embeddings once). ``active``: those one token

@@ -34,16 +34,17 @@ def swiglu_experts(
     x_TD: torch.Tensor,
     tok_S: torch.Tensor,
     offs_E: torch.Tensor,
-    w1_EFD: torch.Tensor,
-    w3_EFD: torch.Tensor,
+    w13_E2FD: torch.Tensor,
     w2_EDF: torch.Tensor,
 ) -> torch.Tensor:
-    """``o[s] = SwiGLU_e(x[tok[s]])`` for the rows ``s`` of each expert ``e``'s group."""
+    """``o[s] = SwiGLU_e(x[tok[s]])`` for the rows ``s`` of each expert ``e``'s group
+    (``w13[e]`` stacks expert e's gate and up projections, ``[W1; W3]``)."""
     dt = x_TD.dtype
     outputs, start = [], 0
     for e, end in enumerate(offs_E.tolist()):
         xs_ND = x_TD[tok_S[start:end]]
-        outputs.append(swiglu(xs_ND, w1_EFD[e].to(dt), w3_EFD[e].to(dt), w2_EDF[e].to(dt)))
+        w1_FD, w3_FD = w13_E2FD[e].to(dt).chunk(2)
+        outputs.append(swiglu(xs_ND, w1_FD, w3_FD, w2_EDF[e].to(dt)))
         start = end
     return torch.cat(outputs) if outputs else x_TD.new_zeros(0, x_TD.shape[1])
 

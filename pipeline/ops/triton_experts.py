@@ -10,7 +10,8 @@ Backward: ``dh = do W2`` with the SwiGLU backward fused into its epilogue (gives
 ``dW2 = doᵀ h``, ``dx`` = per-token sum of ``[dg | du] [W1; W3]``, ``[dW1; dW3] = [dg | du]ᵀ x``
 (x gathered again). Saved: ``h`` and ``[g | u]`` (S×3F), and the inputs.
 
-Weights are cast to the activations' dtype, as in the reference. Shapes
+Weights are cast to the activations' dtype, as in the reference (no copy when they are in it:
+``w13`` is the stacked parameter, never concatenated per forward). Shapes
 (``docs/ARCHITECTURE.md``): T tokens, K slots, S = T·K grouped rows (an upper bound; rows past
 the last assigned one are unused), E experts, D model dim, F expert hidden.
 """
@@ -98,13 +99,13 @@ def swiglu_experts(
     row_TK: torch.Tensor,
     tok_S: torch.Tensor,
     offs_E: torch.Tensor,
-    w1_EFD: torch.Tensor,
-    w3_EFD: torch.Tensor,
+    w13_E2FD: torch.Tensor,
     w2_EDF: torch.Tensor,
 ) -> torch.Tensor:
     """``o[s] = SwiGLU_e(x[tok[s]])`` for the rows ``s`` of each expert ``e``'s group; the rows
     come from :func:`pipeline.ops.triton_dispatch.group_by_expert`."""
     dt = x_TD.dtype
-    w13_E2FD = torch.cat([w1_EFD, w3_EFD], dim=1).to(dt)  # one operand for both projections
-    o_SD, _, _ = grouped_swiglu(x_TD.contiguous(), row_TK, tok_S, offs_E, w13_E2FD, w2_EDF.to(dt))
+    o_SD, _, _ = grouped_swiglu(
+        x_TD.contiguous(), row_TK, tok_S, offs_E, w13_E2FD.to(dt), w2_EDF.to(dt)
+    )
     return o_SD

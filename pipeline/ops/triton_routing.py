@@ -1,6 +1,7 @@
 """The fused Triton router as a ``torch.library`` custom op with its own backward.
 
-``fused_route(logits, k, score, renormalize, bias)`` returns, in one kernel launch,
+``fused_route(logits, k, score, renormalize, bias, n_groups, topk_groups)`` returns, in one
+kernel launch (group-limited when ``n_groups > 1``),
 ``(weights_TK, ids_TK, probs_TE, counts_E, prob_sum_E, z_sum)`` (see
 :mod:`pipeline.kernels.topk_routing`). The float outputs carry gradients to the logits; the ids and
 counts do not. Every output shape follows from the input shapes, so ``torch.compile`` traces
@@ -28,13 +29,18 @@ def fused_route(
     score: str,
     renormalize: bool,
     bias_E: torch.Tensor | None,
+    n_groups: int = 1,
+    topk_groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = topk_routing.topk_route(logits_TE, k, score=score, renormalize=renormalize, bias_E=bias_E)
+    out = topk_routing.topk_route(
+        logits_TE, k, score=score, renormalize=renormalize, bias_E=bias_E, n_groups=n_groups,
+        topk_groups=topk_groups,
+    )  # fmt: skip
     return out.weights_TK, out.ids_TK, out.probs_TE, out.counts_E, out.prob_sum_E, out.z_sum
 
 
 @fused_route.register_fake
-def _(logits_TE, k, score, renormalize, bias_E):
+def _(logits_TE, k, score, renormalize, bias_E, n_groups=1, topk_groups=1):
     t, e = logits_TE.shape
     new = logits_TE.new_empty
     return (
@@ -70,7 +76,7 @@ def _(logits_TE, ids_TK, dweights_TK, dprobs_TE, dprob_sum_E, dz_sum, score, ren
 
 
 def _save(ctx, inputs, output):
-    logits_TE, _, score, renormalize, _ = inputs
+    logits_TE, _, score, renormalize, *_ = inputs
     ctx.save_for_backward(logits_TE, output[1])
     ctx.score, ctx.renormalize = score, renormalize
     ctx.mark_non_differentiable(output[1], output[3])
@@ -82,7 +88,7 @@ def _backward(ctx, dweights_TK, _dids, dprobs_TE, _dcounts, dprob_sum_E, dz_sum)
         logits_TE, ids_TK, dweights_TK, dprobs_TE, dprob_sum_E, dz_sum,
         ctx.score, ctx.renormalize,
     )  # fmt: skip
-    return dlogits_TE, None, None, None, None
+    return dlogits_TE, None, None, None, None, None, None
 
 
 fused_route.register_autograd(_backward, setup_context=_save)

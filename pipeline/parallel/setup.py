@@ -79,7 +79,7 @@ def expert_shard(mesh: DeviceMesh, num_experts: int) -> ExpertShard:
 
 
 def shard_experts(model: MoETransformer, mesh: DeviceMesh) -> None:
-    """Keep only this rank's experts: ``w1, w3, w2`` become ``(E / P, ...)`` slices of the full
+    """Keep only this rank's experts: ``w13, w2`` become ``(E / P, ...)`` slices of the full
     tensors (initialised identically on every rank before this call), and tokens reach them by
     all-to-all."""
     for layer in model.moe_layers():

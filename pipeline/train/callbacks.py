@@ -17,17 +17,28 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, TQDMProgressBar
+from lightning.pytorch.loggers import MLFlowLogger
+from torch.distributed.tensor import DTensor
 
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.model import RouterStats
-from pipeline.model.backends import resolve_backend
+from pipeline.model.backends import recorded_check, resolve_backend
 from pipeline.model.routing_stats import load_summary
 from pipeline.parallel.setup import grad_norm
 from pipeline.train.checkpoint_io import AtomicCheckpointIO
-from pipeline.train.metrics import measure_peak_flops, mfu, slow_cpu_bf16
+from pipeline.train.metrics import mfu, peak_flops, slow_cpu_bf16
+from pipeline.train.routing_health import (
+    DIGEST_METRIC,
+    RoutingDigest,
+    RoutingGuard,
+    RoutingHealth,
+    digest_metric,
+)
 
 log = logging.getLogger(__name__)
+
+BACKEND_CHECK_TAG = "moe.backend_check"  # MLflow tag of the train run: backend_check_line()
 
 
 @dataclass(frozen=True)
@@ -72,17 +83,37 @@ def router_vector(stats: RouterStats) -> torch.Tensor:
     return torch.cat([*values, stats.load.detach().float()])
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the MoE experts run in under Lightning ``precision``."""
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float32
+
+
 def moe_backend(pl_module) -> str:
-    """The MoE backend the run resolves to on its device (``auto`` names what it picked)."""
+    """The MoE backend the run resolves to on its device (``auto`` names what it picked).
+    Resolving runs the triton self-check where it applies (:mod:`pipeline.model.backends`),
+    eagerly, before any compiled forward."""
     if not pl_module.model.moe_layers():
         return "none (no MoE layer)"
     requested = pl_module.cfg.runtime.backend
-    resolved = resolve_backend(requested, pl_module.device)
+    dtype = compute_dtype(pl_module.cfg.runtime.precision)
+    resolved = resolve_backend(requested, pl_module.device, dtype)
     return resolved if requested == resolved else f"{resolved} (requested {requested})"
 
 
-def describe_run(trainer: L.Trainer, pl_module) -> str:
-    """One line saying what actually runs: no silent fallback goes unnoticed."""
+def backend_check_line(pl_module) -> str:
+    """The triton self-check's outcome for this run, in one line (the MLflow tag
+    ``moe.backend_check`` and ``moe_backend_check`` in the train metrics): ``passed: ...``,
+    ``failed: ...``, or ``not run: ...`` where no check applies."""
+    dtype = compute_dtype(pl_module.cfg.runtime.precision)
+    check = recorded_check(pl_module.device, dtype)
+    if check is not None:
+        return check.summary()
+    return f"not run: MoE backend {moe_backend(pl_module)} on {pl_module.device.type}"
+
+
+def describe_run(trainer: L.Trainer, pl_module, backend: str) -> str:
+    """One line saying what actually runs (``backend``: :func:`moe_backend`'s): no silent
+    fallback goes unnoticed."""
     strategy = trainer.strategy
     backend = getattr(strategy, "process_group_backend", None)
     return (
@@ -90,7 +121,7 @@ def describe_run(trainer: L.Trainer, pl_module) -> str:
         f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
         f"strategy {type(strategy).__name__}{f' ({backend})' if backend else ''}, "
         f"precision {trainer.precision}, compile {pl_module.cfg.runtime.compile}, "
-        f"MoE backend {moe_backend(pl_module)}, {torch.get_num_threads()} CPU threads"
+        f"MoE backend {backend}, {torch.get_num_threads()} CPU threads"
     )
 
 
@@ -124,33 +155,94 @@ class NonFiniteLossError(PipelineError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """The gradient became NaN or infinite while the loss stayed finite (an overflow in the
+    backward, typically bf16), and ``train.runtime.nonfinite_grad`` is ``stop``."""
+
+
 class NonFiniteLossGuard(Callback):
-    """Stops training at the first micro-batch whose loss is NaN or infinite, before its
-    backward pass: no gradient and no optimizer step ever sees it, and no checkpoint is written
-    after it, so ``last.ckpt`` on disk stays the last good state. The decision is reduced over
-    the data-parallel ranks (any rank's bad loss stops all of them together), so no rank is
-    left waiting in a collective that the others never reach."""
+    """Checks each optimizer step, before the weights change, that every micro-batch's loss and
+    the gradient are finite.
+
+    - A NaN/inf loss stops the run (:class:`NonFiniteLossError`).
+    - A non-finite gradient norm with finite losses (an overflow in the backward) stops it too
+      (:class:`NonFiniteGradientError`), or with ``train.runtime.nonfinite_grad: skip`` the
+      step is skipped: every gradient is dropped, so AdamW changes neither the weights nor its
+      moments (the learning-rate schedule and the step count still advance).
+
+    Either way no optimizer step ever sees the bad values, and nothing is checkpointed after a
+    stop, so ``last.ckpt`` on disk stays the last good state. The losses stay on the device
+    until the step's end: one host sync per optimizer step, not per micro-batch. The decision
+    is reduced over the ranks (any rank's bad value counts for all of them), so no rank is left
+    waiting in a collective that the others never reach.
+    """
 
     def __init__(self, last_checkpoint: Path):
         self.last_checkpoint = Path(last_checkpoint)
+        self._losses: list[torch.Tensor] = []  # this step's micro-batch losses, on the device
 
     def on_before_backward(self, trainer: L.Trainer, pl_module, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        self._losses.append(loss.detach().float())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        losses = (
+            torch.stack(self._losses) if self._losses else torch.zeros(1, device=pl_module.device)
+        )
+        self._losses.clear()
+        flags = torch.stack([~torch.isfinite(losses).all(), ~_gradient_is_finite(pl_module)])
         if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
-            return
+            flags = trainer.strategy.reduce(flags.float(), reduce_op="sum")
+        bad_loss, bad_grad = (flags > 0).tolist()  # the step's one host sync
         step = trainer.global_step + 1
-        kept = (
-            f"the last good checkpoint is {self.last_checkpoint} ({_checkpoint_step(self.last_checkpoint)})"
-            if self.last_checkpoint.exists()
-            else "no checkpoint had been written yet"
+        if bad_loss:
+            local = losses[~torch.isfinite(losses)]
+            value = local[0].item() if local.numel() else "not finite on another rank"
+            raise NonFiniteLossError(
+                f"train: the loss is {value} at step {step} (not finite); training stopped "
+                f"before updating the weights; {self._kept()}. Lower train.optim.lr, raise "
+                "train.optim.warmup_steps, or check the data around this step"
+            )
+        if not bad_grad:
+            return
+        if pl_module.cfg.runtime.nonfinite_grad == "skip":
+            optimizer.zero_grad(
+                set_to_none=True
+            )  # AdamW leaves parameters without a gradient alone
+            if trainer.is_global_zero:
+                log.warning(
+                    "train: the gradient is not finite at step %d (the loss is); the step is "
+                    "skipped (train.runtime.nonfinite_grad: skip)",
+                    step,
+                )
+            return
+        raise NonFiniteGradientError(
+            f"train: the gradient norm is not finite at step {step} while the loss is "
+            f"({losses.mean().item():.4g}): an overflow in the backward; training stopped before "
+            f"updating the weights; {self._kept()}. Set train.runtime.nonfinite_grad: skip to "
+            "skip such steps, lower train.optim.lr, or train with precision 32-true"
         )
-        raise NonFiniteLossError(
-            f"train: the loss is {loss.detach().float().item()} at step {step} (not finite); "
-            f"training stopped before updating the weights; {kept}. Lower train.optim.lr, "
-            f"raise train.optim.warmup_steps, or check the data around this step"
+
+    def _kept(self) -> str:
+        if not self.last_checkpoint.exists():
+            return "no checkpoint had been written yet"
+        return (
+            f"the last good checkpoint is {self.last_checkpoint} "
+            f"({_checkpoint_step(self.last_checkpoint)})"
         )
+
+
+def _gradient_is_finite(pl_module) -> torch.Tensor:
+    """0-dim bool on the device: whether this rank's gradient (its shards, under FSDP2) has a
+    finite norm. One fused norm per tensor, no copy of the gradients; a norm of finite values
+    that overflows fp32 (entries past ~1e19) counts as not finite too, which it is for clipping."""
+    grads = [
+        g.to_local() if isinstance(g, DTensor) else g
+        for g in (p.grad for p in pl_module.parameters())
+        if g is not None
+    ]
+    if not grads:
+        return torch.ones((), dtype=torch.bool, device=pl_module.device)
+    return torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()
 
 
 def _checkpoint_step(path: Path) -> str:
@@ -196,13 +288,15 @@ class LastCheckpoint(Checkpoint):
 
 
 class TrainMonitor(Callback):
-    """Per-step loss history, periodic metrics to the logger, router statistics, throughput.
+    """Per-step loss history, periodic metrics to the logger, router statistics, routing health
+    and its guard, the routing digest, throughput.
 
     Per-micro-batch values stay on the device until a step that logs, validates or checkpoints;
     then they are reduced over ranks in one collective and moved to the host, so the loop does not
-    synchronise with the device every step. The history (every step's loss and learning rate,
-    validation losses, expert loads) and the throughput totals are saved in checkpoints, so a
-    resumed run's plots and final metrics cover the whole run.
+    synchronise with the device every step. The history (every step's loss, learning rate and
+    routing digest, validation losses, expert loads, routing health) and the throughput totals
+    are saved in checkpoints, so a resumed run's plots and final metrics cover the whole run.
+    Routing health, guard and digest: :mod:`pipeline.train.routing_health`.
     """
 
     def __init__(self, cfg: TrainConfig, flops_per_token: float, peak_flops: float | None = None):
@@ -211,7 +305,14 @@ class TrainMonitor(Callback):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops  # per device
         self.peak_source = "params" if peak_flops else "measured"
-        self.history: dict[str, list[dict[str, float]]] = {"train": [], "val": [], "load": []}
+        self.backend_check = "not run: training did not start"
+        self.history: dict[str, list[dict[str, Any]]] = {
+            "train": [], "val": [], "load": [], "routing": [], "routing_digest": []
+        }  # fmt: skip
+        self.health = RoutingHealth(cfg.monitor.dead_expert_load)
+        self.guard = RoutingGuard(cfg.routing_guard)
+        self.digest = RoutingDigest(cfg.micro_batch_size, cfg.seq_len)
+        self._rank = 0
         self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ce, aux) of this step
         self._router: list[list[torch.Tensor]] = []  # per micro-batch: one vector per MoE layer
         self._scalar_names: list[str] = []
@@ -230,15 +331,20 @@ class TrainMonitor(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._world_size = trainer.world_size
+        self._world_size, self._rank = trainer.world_size, trainer.global_rank
         self._tokens_per_step = (
             self.cfg.seq_len * self.cfg.micro_batch_size * self.cfg.grad_accum * trainer.world_size
         )
         precision = self.cfg.runtime.precision
         bf16 = precision.startswith("bf16")
         if self.peak_flops is None:
-            dtype = torch.bfloat16 if bf16 else torch.float32
-            self.peak_flops = measure_peak_flops(pl_module.device, dtype)
+            self.peak_flops, self.peak_source = peak_flops(
+                pl_module.device, compute_dtype(precision)
+            )
+        # Every rank resolves its backend now, eagerly: the triton self-check runs here, not
+        # inside a compiled first step, and an explicit triton that fails stops before training.
+        backend = moe_backend(pl_module)
+        self.backend_check = backend_check_line(pl_module)
         slow = slow_cpu_bf16(pl_module.device) if bf16 else None
         if slow and trainer.is_global_zero:
             log.warning(
@@ -248,12 +354,16 @@ class TrainMonitor(Callback):
                 *slow,
             )
         if trainer.is_global_zero:
-            log.info("%s", describe_run(trainer, pl_module))
+            log.info("%s", describe_run(trainer, pl_module, backend))
             log.info(
                 "MFU against a peak of %.3g FLOP/s per device (%s)",
                 self.peak_flops,
                 self.peak_source,
             )
+            if isinstance(trainer.logger, MLFlowLogger):
+                trainer.logger.experiment.set_tag(
+                    trainer.logger.run_id, BACKEND_CHECK_TAG, self.backend_check
+                )
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self._step_seen = trainer.global_step
@@ -264,12 +374,14 @@ class TrainMonitor(Callback):
             "history": self.history,
             "train_seconds": self._train_seconds,
             "train_tokens": self._train_tokens,
+            "health_window": self.health.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = state_dict["history"]
         self._train_seconds = state_dict["train_seconds"]
         self._train_tokens = state_dict["train_tokens"]
+        self.health.load_state_dict(state_dict["health_window"])
 
     # ------------------------------------------------------------------ training steps
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
@@ -285,13 +397,18 @@ class TrainMonitor(Callback):
     ) -> None:
         micro = pl_module.last_micro_batch
         self._micro.append((micro.cross_entropy, micro.aux_loss))
+        stats = micro.router_stats
+        if stats:
+            self.health.add_micro_batch(stats)
+            self.digest.add_micro_batch(stats, self._rank, self._world_size)
         if self.schedule.is_log(self._step_seen + 1):
-            stats = micro.router_stats
             self._scalar_names = list(router_scalars(stats[0])) if stats else []
             self._router.append([router_vector(layer) for layer in stats])
         if trainer.global_step == self._step_seen:
             return  # still accumulating gradients
         step = self._step_seen = trainer.global_step
+        self.health.end_step()
+        self.digest.end_step(step)
         ce_aux = torch.stack([torch.stack(pair) for pair in self._micro]).mean(0)
         self._pending.append((step, ce_aux, self._lr))
         self._micro.clear()
@@ -312,6 +429,7 @@ class TrainMonitor(Callback):
         for (step, _, lr), (ce, aux) in zip(self._pending, values.tolist(), strict=True):
             self.history["train"].append({"step": step, "loss": ce, "aux_loss": aux, "lr": lr})
         self._pending.clear()
+        self.digest.record(trainer.strategy, self.history["routing_digest"])
 
     def _log_step(self, trainer: L.Trainer, pl_module, step: int) -> None:
         now = time.perf_counter()
@@ -337,10 +455,13 @@ class TrainMonitor(Callback):
         if self._grad_norm is not None:
             metrics["train/grad_norm"] = self._grad_norm
         metrics.update(self._router_metrics(trainer, step))
+        metrics.update(self._routing_health(pl_module, step, metrics))
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)
         pl_module.log("tok/s", self.last_tokens_per_s, prog_bar=True, logger=False)
         pl_module.log("loss", last["loss"], prog_bar=True, logger=False)
+        # After logging, so a stopped run's last numbers are in MLflow; on every rank alike.
+        self.guard.check(self.history["routing"], step)
 
     def _router_metrics(self, trainer: L.Trainer, step: int) -> dict[str, float]:
         """Per MoE layer, averaged over the step's micro-batches and over ranks."""
@@ -370,6 +491,20 @@ class TrainMonitor(Callback):
                 {"step": step, "layer": layer, "expert": expert, "load": fraction}
             )
         return metrics
+
+    def _routing_health(self, pl_module, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Each MoE layer's health into the history, and the chained routing digest."""
+        layers = pl_module.model.moe_layers()
+        if not layers:
+            return {}
+        health: dict[str, float] = {}
+        for layer, row in enumerate(self.health.measure(layers)):
+            prefix = f"router/layer{layer}"
+            health.update({f"{prefix}/{name}": value for name, value in row.items()})
+            step_stats = {n: metrics[f"{prefix}/{n}"] for n in ("entropy", "dropped_fraction")}
+            self.history["routing"].append({"step": step, "layer": layer, **step_stats, **row})
+        health[DIGEST_METRIC] = digest_metric(self.history["routing_digest"][-1]["chain"])
+        return health
 
     # ------------------------------------------------------------------ validation
     def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -401,4 +536,22 @@ class TrainMonitor(Callback):
             "mfu": mfu(self.flops_per_token, tokens_per_s, self.peak_flops * self._world_size),
             "peak_flops_per_device": self.peak_flops,
             "peak_flops_source": self.peak_source,
+            "moe_backend_check": self.backend_check,
+            **self._final_routing(),
         }
+
+    def _final_routing(self) -> dict[str, Any]:
+        """The last logging step's health per layer (``routing_health/layer<i>/<name>``, flat
+        like every train metric) and the final chained routing digest."""
+        rows, digests = self.history["routing"], self.history["routing_digest"]
+        if not rows:
+            return {}
+        last = rows[-1]["step"]
+        health = {
+            f"routing_health/layer{r['layer']}/{name}": value
+            for r in rows
+            if r["step"] == last
+            for name, value in r.items()
+            if name not in ("step", "layer")
+        }
+        return {"routing_health/step": last, **health, "routing_digest": digests[-1]["chain"]}

@@ -1,8 +1,12 @@
-"""Training data: fixed-length windows over the memory-mapped token files, in a resumable order.
+"""Training data: fixed-length windows over a split's memory-mapped token shards, in a
+resumable order.
 
-Window ``i`` of a split is ``tokens[i*L : i*L + L + 1]`` (``L = seq_len``): inputs are its first
-``L`` tokens, targets the last ``L``. Consecutive windows share only that one boundary token, so
-inputs never overlap and every token after the first is a target exactly once per epoch.
+Window ``i`` of a split is ``tokens[i*L : i*L + L + 1]`` (``L = seq_len``) of the split's
+concatenated token stream (:class:`~pipeline.data.shards.TokenStream`: the shards in manifest
+order), so a window may span two shards and the windows do not depend on how the split is
+sharded. Inputs are its first ``L`` tokens, targets the last ``L``. Consecutive windows share
+only that one boundary token, so inputs never overlap and every token after the first is a
+target exactly once per epoch.
 
 The training order is an endless stream: epoch ``e`` is a permutation of all windows drawn from
 ``(seed, e)``, and the epochs are concatenated. Global micro-batch ``g`` is stream items
@@ -27,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import TrainConfig
-from pipeline.data.shards import ShardHeader, open_tokens
+from pipeline.data.shards import ShardError, SplitManifest, TokenSplit, open_split, read_manifest
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -40,16 +44,16 @@ class TrainDataError(PipelineError, ValueError):
 class TokenWindows(Dataset):
     """Map-style dataset: item ``i`` is ``(inputs, targets)``, two int64 tensors of ``seq_len``."""
 
-    def __init__(self, path: Path | str, seq_len: int, verify_checksum: bool = True):
-        self.path = Path(path)
+    def __init__(self, split: TokenSplit, seq_len: int):
+        self.split = split
         self.seq_len = seq_len
-        self.tokens, self.header = open_tokens(self.path, verify_checksum=verify_checksum)
-        if self.header.num_tokens < seq_len + 1:
+        self.tokens = split.tokens
+        if split.num_tokens < seq_len + 1:
             raise TrainDataError(
-                f"{self.path}: corpus smaller than one training window: it holds "
-                f"{self.header.num_tokens} tokens, a window needs seq_len + 1 = {seq_len + 1}"
+                f"{split.directory}: corpus smaller than one training window: it holds "
+                f"{split.num_tokens} tokens, a window needs seq_len + 1 = {seq_len + 1}"
             )
-        self.num_windows = (self.header.num_tokens - 1) // seq_len
+        self.num_windows = (split.num_tokens - 1) // seq_len
 
     def __len__(self) -> int:
         return self.num_windows
@@ -170,7 +174,7 @@ class ValidationWindows(Dataset):
 
 
 class TokenDataModule(L.LightningDataModule):
-    """Train stream and validation windows over ``<split>.bin`` token files.
+    """Train stream and validation windows over two token splits (their directories).
 
     Validation uses the first ``monitor.val_batches`` global micro-batches of windows of the validation
     split (``val_batches * micro_batch_size * world_size`` windows, fewer if the split is
@@ -179,10 +183,10 @@ class TokenDataModule(L.LightningDataModule):
     The sampler position travels in the checkpoint through :meth:`state_dict`.
     """
 
-    def __init__(self, train_path: Path | str, val_path: Path | str, cfg: TrainConfig, seed: int):
+    def __init__(self, train_dir: Path, val_dir: Path, cfg: TrainConfig, seed: int):
         super().__init__()
-        self.train_path = Path(train_path)
-        self.val_path = Path(val_path)
+        self.train_dir = Path(train_dir)
+        self.val_dir = Path(val_dir)
         self.cfg = cfg
         self.seed = seed
         self.train_set: TokenWindows | None = None
@@ -192,18 +196,18 @@ class TokenDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         rank, world = self._rank_and_world()
         if self.train_set is None:
-            self.train_set = TokenWindows(self.train_path, self.cfg.seq_len)
+            self.train_set = TokenWindows(open_split(self.train_dir), self.cfg.seq_len)
             self.sampler = WindowStream(
                 len(self.train_set), self.cfg.micro_batch_size, rank, world, self.seed
             )
         if self.val_set is None:
-            val = TokenWindows(self.val_path, self.cfg.seq_len)
-            check_same_vocabulary(self.train_set.header, val.header, self.train_path, self.val_path)
+            val = TokenWindows(open_split(self.val_dir), self.cfg.seq_len)
+            check_same_tokenizer(self.train_set.split, val.split)
             wanted = self.cfg.monitor.val_batches * self.cfg.micro_batch_size * world
             if len(val) < wanted:
                 log.warning(
                     "%s holds %d windows; validating on all of them (train.monitor.val_batches asks for %d)",
-                    self.val_path,
+                    self.val_dir,
                     len(val),
                     wanted,
                 )
@@ -230,12 +234,18 @@ class TokenDataModule(L.LightningDataModule):
         self.sampler.load_state_dict(state_dict["sampler"])
 
 
-def check_same_vocabulary(
-    train: ShardHeader, other: ShardHeader, train_path: Path, other_path: Path
-) -> None:
+def check_same_tokenizer(train: SplitManifest, other: SplitManifest) -> None:
     """Splits encoded by different tokenizers would validate on meaningless ids."""
-    if (train.vocab_size, train.eot_id) != (other.vocab_size, other.eot_id):
-        raise TrainDataError(
-            f"{other_path} (vocab {other.vocab_size}, eot {other.eot_id}) was not encoded with the "
-            f"tokenizer of {train_path} (vocab {train.vocab_size}, eot {train.eot_id})"
-        )
+    try:
+        train.check_same_tokenizer(other)
+    except ShardError as exc:
+        raise TrainDataError(str(exc)) from None
+
+
+def training_vocab_size(train_dir: Path, val_dir: Path) -> int:
+    """The vocabulary the model is built for, once the two splits' manifests are known to come
+    from one tokenizer: checked before any training work (the shards' digests are checked when
+    the data module opens them)."""
+    train = read_manifest(train_dir)
+    check_same_tokenizer(train, read_manifest(val_dir))
+    return train.vocab_size

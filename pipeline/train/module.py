@@ -4,7 +4,9 @@ One optimizer step, in the order Lightning runs it (``accumulate_grad_batches = 
 micro-batches, then one update), and who does what:
 
  1. ``SamplerProgress.on_train_batch_start`` marks the micro-batch as consumed (the sampler
-    position a checkpoint records);
+    position a checkpoint records); with ``balance: global`` and accumulation, at the step's
+    first micro-batch, :meth:`MoELanguageModel.on_train_batch_start` routes all of the step's
+    micro-batches once without gradients (:mod:`pipeline.train.step_routing`);
  2. :meth:`MoELanguageModel.training_step`: forward, ``loss = cross_entropy + aux_loss``; the
     detached parts go into :attr:`MoELanguageModel.last_micro_batch` (a :class:`MicroBatch`);
  3. ``NonFiniteLossGuard.on_before_backward`` stops the run on a NaN/inf loss, before any
@@ -17,8 +19,9 @@ micro-batches, then one update), and who does what:
  7. ``TrainMonitor.on_before_optimizer_step`` reads the learning rate and, at logging steps,
     the norm of the whole gradient (before clipping);
  8. :meth:`configure_gradient_clipping` clips by that global norm;
- 9. :meth:`optimizer_step`: AdamW, then the aux-loss-free router biases move (once per step);
-    the LR scheduler steps (``interval: step``);
+ 9. :meth:`optimizer_step`: AdamW, then the aux-loss-free router biases move by the step's
+    expert counts, which the MoE layers then clear (once per step); the LR scheduler steps
+    (``interval: step``);
 10. ``TrainMonitor.on_train_batch_end`` (after the step) records the step's mean losses and, at
     logging steps, reduces them over ranks in one collective and logs;
 11. at validation steps, :meth:`validation_step` over the validation windows; then
@@ -32,10 +35,11 @@ padding), so the mean of the micro-batch cross-entropies is exactly the global-b
 whatever the accumulation or world size. ``aux_loss`` comes from the model already a mean per
 micro-batch and is not rescaled, so its weight means the same under any accumulation or world
 size. The z-loss and the sequence-level balance loss are means over tokens and sequences, hence
-exactly invariant too; the Switch balance loss is a product of two batch means computed per
-micro-batch (as in Switch and Megatron): its value stays put, but its router gradient follows
-each micro-batch's own expert fractions (``pipeline/model/losses.py``; measured in
-``tests/train/test_invariance.py``).
+exactly invariant too; the Switch balance loss (``balance: micro``) is a product of two batch
+means computed per micro-batch (as in Switch and Megatron): its value stays put, but its router
+gradient follows each micro-batch's own expert fractions, while ``balance: global`` takes the
+whole step's fractions (the routing pre-pass) and is exactly invariant
+(``pipeline/model/losses.py``; measured in ``tests/train/test_invariance.py``).
 
 Parallel layouts (``train.runtime.parallel``, :mod:`pipeline.parallel`): ``configure_model``
 shards the experts and applies FSDP2 / activation checkpointing on the strategy's device mesh;
@@ -55,7 +59,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import NOT_THE_RUN, TrainConfig
+from pipeline.config import NOT_THE_RUN, InitConfig, TrainConfig
 from pipeline.model import MoETransformer, RouterStats
 from pipeline.model_io import model_identity
 from pipeline.parallel.setup import all_reduce_gradients, clip_grad_norm, parallelize
@@ -66,6 +70,7 @@ from pipeline.train.checkpoint_io import (
     config_differences,
 )
 from pipeline.train.optim import build_optimizer
+from pipeline.train.step_routing import count_step_routing
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,7 @@ class MoELanguageModel(L.LightningModule):
         self.last_micro_batch: MicroBatch | None = None
         self._parallelized = False
         self._ends_step = True  # whether the current micro-batch is its step's last
+        self._routed_step = -1  # the optimizer step whose routing the pre-pass counted
 
     def configure_model(self) -> None:
         """Lightning calls this once per fit/validate, after the processes exist and before the
@@ -119,6 +125,19 @@ class MoELanguageModel(L.LightningModule):
     @property
     def identity(self) -> dict[str, Any]:
         return model_identity(self.cfg.model, self.vocab_size)
+
+    def on_train_batch_start(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        """Global balance under accumulation: at the step's first micro-batch, the routing
+        pre-pass counts the whole step's assignments (:mod:`pipeline.train.step_routing`)."""
+        step = self.trainer.global_step
+        global_balance = self.cfg.model.moe.balance == "global"
+        if (
+            global_balance
+            and self.trainer.accumulate_grad_batches > 1
+            and step != self._routed_step
+        ):
+            self._routed_step = step
+            count_step_routing(self, batch[0])
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs_BL, targets_BL = batch
@@ -174,7 +193,17 @@ class MoELanguageModel(L.LightningModule):
         if saved is None:
             raise CheckpointMismatchError(f"{source} is not a moe-pipeline checkpoint")
         check_same_model(saved["identity"], self.identity, source)
-        saved_train, current = saved["train"], self.cfg.model_dump(mode="json")
+        if any(key.endswith(".w1") for key in checkpoint.get("state_dict", {})):
+            # The weights would convert (GroupedExperts' load hook), AdamW's moments would not:
+            # they are per parameter, and w1 + w3 are one parameter now.
+            raise CheckpointMismatchError(
+                f"{source} holds the experts' gate and up weights apart (w1, w3), the layout "
+                "before they were stacked into w13; its optimizer state cannot resume this "
+                "run. Start afresh with train.runtime.resume: never, or delete that directory"
+            )
+        current = self.cfg.model_dump(mode="json")
+        # A checkpoint from before train.init existed started from scratch, the default.
+        saved_train = {"init": InitConfig().model_dump(mode="json"), **saved["train"]}
         how = config_differences(_only(saved_train, NOT_THE_RUN), _only(current, NOT_THE_RUN))
         if how:
             log.info("resuming under other runtime settings:\n  %s", "\n  ".join(how))

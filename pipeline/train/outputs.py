@@ -14,18 +14,28 @@ from pipeline.io import write_csv, write_json
 from pipeline.paths import Paths
 
 
-def run_fingerprint(params: Params, train_tokens_sha256: str) -> str:
+def run_fingerprint(
+    params: Params, train_tokens_sha256: str, dense_weights_sha256: str | None = None
+) -> str:
     """Identifies one training run: the seed, what ``train`` trains (every key but the
-    ``runtime`` and ``monitor`` sections, :data:`pipeline.config.NOT_THE_RUN`) and the training
-    data.
+    ``runtime`` and ``monitor`` sections, :data:`pipeline.config.NOT_THE_RUN`), the training
+    data and, for an upcycled run, the dense weights it starts from (``train.init``; the path
+    alone would let a replaced model resume another run's checkpoint). A run from scratch
+    leaves ``train.init`` out, so its fingerprint is the one it had before that section existed.
 
     ``dvc repro`` keeps ``models/checkpoints`` between runs (``persist: true``) so that a killed
     run resumes; keying the checkpoints by this fingerprint lets only the same run resume (under
     any backend, precision or layout), while a variant (``dvc exp run -S train.model....``, new
     data) starts afresh instead of picking up, or being refused, another run's state.
     """
-    train = params.train.model_dump(mode="json", exclude=set(NOT_THE_RUN))
+    upcycled = params.train.init.upcycle_from is not None
+    if upcycled != (dense_weights_sha256 is not None):
+        raise ValueError("dense_weights_sha256 is required when, and only when, upcycling")
+    left_out = set(NOT_THE_RUN) | (set() if upcycled else {"init"})
+    train = params.train.model_dump(mode="json", exclude=left_out)
     identity = {"seed": params.seed, "train": train, "train_tokens": train_tokens_sha256}
+    if upcycled:
+        identity["dense_weights"] = dense_weights_sha256
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"run-{digest[:12]}"
 
@@ -46,7 +56,9 @@ def remove_other_runs_checkpoints(paths: Paths, run_key: str) -> list[Path]:
 
 def write_outputs(paths: Paths, metrics: dict[str, Any], history: dict[str, list[dict]]) -> None:
     """``metrics/train.json`` and the plot data: ``loss.csv`` (every step), ``val.csv`` (every
-    validation) and ``load.csv`` (expert load per layer at each logging step)."""
+    validation), ``load.csv`` (expert load per layer at each logging step), ``routing.csv``
+    (routing health per layer at each logging step) and ``routing_digest.csv`` (every step's
+    routing digest and chain: :mod:`pipeline.train.routing_health`)."""
     write_json(paths.train_metrics, metrics)
     plots = paths.train_plots_dir
     write_csv(
@@ -63,4 +75,12 @@ def write_outputs(paths: Paths, metrics: dict[str, Any], history: dict[str, list
         plots / "load.csv",
         ["step", "layer", "expert", "load"],
         ([r["step"], r["layer"], r["expert"], r["load"]] for r in history["load"]),
+    )
+    health = history["routing"]
+    columns = list(health[0]) if health else ["step", "layer"]
+    write_csv(plots / "routing.csv", columns, ([r[c] for c in columns] for r in health))
+    write_csv(
+        plots / "routing_digest.csv",
+        ["step", "digest", "chain"],
+        ([r["step"], r["digest"], r["chain"]] for r in history["routing_digest"]),
     )

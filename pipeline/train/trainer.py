@@ -26,7 +26,6 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from pipeline.config import ConfigError, Params, RuntimeConfig, TrainConfig
-from pipeline.data.shards import read_header
 from pipeline.model_io import save_model
 from pipeline.parallel.dcp import existing_checkpoint, full_model
 from pipeline.parallel.strategy import MeshStrategy
@@ -40,8 +39,10 @@ from pipeline.train.callbacks import (
     TrainMonitor,
 )
 from pipeline.train.checkpoint_io import AtomicCheckpointIO
-from pipeline.train.data import TokenDataModule
+from pipeline.train.data import TokenDataModule, training_vocab_size
 from pipeline.train.module import MoELanguageModel
+from pipeline.train.snapshots import WeightSnapshots
+from pipeline.train.upcycle import upcycle
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def train(
     progress_bar: bool = True,
     extra_callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Fit (resuming from ``last.ckpt`` of ``run_key`` when allowed), validate the final weights
+    """Fit (resuming from ``last.ckpt`` of ``run_key`` when allowed, else from the upcycled
+    dense model of ``train.init`` when set, else from scratch), validate the final weights
     if the last step was not a validation step, write the model files; return metrics and
     history. The stage passes the run fingerprint as ``run_key``
     (:func:`pipeline.train.outputs.run_fingerprint`).
@@ -146,14 +148,17 @@ def train(
     cfg = params.train
     started = time.perf_counter()
     L.seed_everything(params.seed, workers=True)  # before the model: its init is seeded
-    train_tokens, val_tokens = paths.tokens("train"), paths.tokens("validation")
-    vocab_size = read_header(train_tokens).vocab_size
+    train_tokens, val_tokens = paths.token_split("train"), paths.token_split("validation")
+    vocab_size = training_vocab_size(train_tokens, val_tokens)
     module = MoELanguageModel(cfg, vocab_size)
     counts = module.model.num_params()  # before configure_model shards anything
     data = TokenDataModule(train_tokens, val_tokens, cfg, params.seed)
     schedule = StepSchedule.from_config(cfg)
     monitor = TrainMonitor(cfg, module.model.flops_per_token(cfg.seq_len), cfg.monitor.peak_flops)
     checkpoint_dir, last_checkpoint = paths.checkpoint_dir(run_key), paths.last_checkpoint(run_key)
+    checkpoint = resume_path(cfg, last_checkpoint)
+    if checkpoint is None and cfg.init.upcycle_from is not None:  # a resumed run has its weights
+        upcycle(module.model, cfg.init, params.seed)
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
@@ -165,13 +170,12 @@ def train(
     )
     last = LastCheckpoint(last_checkpoint, schedule)
     guard = NonFiniteLossGuard(last_checkpoint)
-    callbacks = [SamplerProgress(), guard, monitor, *extra_callbacks, best, last]
+    snapshots = WeightSnapshots(cfg, paths, module.identity)
+    callbacks = [SamplerProgress(), guard, monitor, snapshots, *extra_callbacks, best, last]
     if progress_bar:
         callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg, checkpoint_dir, callbacks, logger, progress_bar)
-    trainer.fit(
-        module, datamodule=data, ckpt_path=resume_path(cfg, last_checkpoint), weights_only=True
-    )
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     validated = monitor.history["val"]
     if not validated or validated[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)

@@ -54,9 +54,23 @@ def corpus_text(corpus) -> str:
     return "\n".join(corpus)
 
 
+def no_contamination(texts: list[str]) -> set[int]:
+    return set()
+
+
+def item_sets(seed: int, n: int) -> dict[str, dict[str, list[dict]]]:
+    return generate_benchmarks(seed, {"dev": n, "test": n}, no_contamination)[0]
+
+
 @pytest.fixture(scope="module")
 def benchmarks() -> dict[str, list[dict]]:
-    return generate_benchmarks(SEED, N_ITEMS)
+    """The test items (tests/data/test_benchmarks.py covers the item sets themselves)."""
+    return item_sets(SEED, N_ITEMS)["test"]
+
+
+def good_and_bad(item: dict) -> tuple[str, str]:
+    """An agreement item's grammatical sentence and its minimal pair."""
+    return item["choices"][item["answer"]], item["choices"][1 - item["answer"]]
 
 
 def number(token: str) -> int:
@@ -85,14 +99,14 @@ def test_same_seed_is_byte_identical_across_processes_and_hash_seeds():
     here = hashlib.sha256("\x00".join(generate_documents(7, 0.05, 0.3)).encode()).hexdigest()
     assert _digest_in_subprocess("1") == here
     assert _digest_in_subprocess("2") == here
-    assert generate_benchmarks(7, 20) == generate_benchmarks(7, 20)
+    assert item_sets(7, 20) == item_sets(7, 20)
 
 
 def test_different_seeds_give_different_corpora_and_benchmarks():
     a, b = list(generate_documents(1, 0.02, 0.3)), list(generate_documents(2, 0.02, 0.3))
     assert a[0] != b[0]
     assert not set(a) & set(b)
-    assert generate_benchmarks(1, 10) != generate_benchmarks(2, 10)
+    assert item_sets(1, 10) != item_sets(2, 10)
 
 
 @pytest.mark.parametrize("size_mb", [0.0005, 0.03])
@@ -269,11 +283,12 @@ def test_corpus_counting_episodes_have_correct_arithmetic(corpus):
 def test_benchmark_tasks_and_record_shapes(benchmarks):
     assert set(benchmarks) == {"agreement", "entity_cloze", "counting"}
     assert all(len(items) == N_ITEMS for items in benchmarks.values())
-    for item in benchmarks["agreement"]:
-        assert set(item) == {"sentence_good", "sentence_bad", "phenomenon"}
-    for task in ("entity_cloze", "counting"):
-        for item in benchmarks[task]:
-            assert set(item) == {"context", "question", "choices", "answer"}
+    for task, items in benchmarks.items():
+        for item in items:
+            fields = {"choices", "answer", "tier"}
+            assert set(item) == (
+                fields if task == "agreement" else fields | {"context", "question"}
+            )
             assert isinstance(item["answer"], int)
             assert 0 <= item["answer"] < len(item["choices"])
             assert len(set(item["choices"])) == len(item["choices"])  # answer occurs once
@@ -291,8 +306,7 @@ def _head_noun(tokens: list[str]) -> tuple[int, str]:
 def test_agreement_pairs_differ_only_in_a_verb_that_agrees_with_the_head(benchmarks):
     phenomena = Counter()
     for item in benchmarks["agreement"]:
-        good = item["sentence_good"].rstrip(".").split()
-        bad = item["sentence_bad"].rstrip(".").split()
+        good, bad = (sentence.rstrip(".").split() for sentence in good_and_bad(item))
         assert good[0] == "The" and len(good) == len(bad)
         diff = [i for i, (g, b) in enumerate(zip(good, bad, strict=True)) if g != b]
         assert len(diff) == 1, item
@@ -303,11 +317,11 @@ def test_agreement_pairs_differ_only_in_a_verb_that_agrees_with_the_head(benchma
         assert {good_number, bad_number} == {"sg", "pl"}, item
         assert good_number == head_number, item
         between = [lx.noun_number(t) for t in good[head_at + 1 : verb_at]]
-        if item["phenomenon"] == "simple":
+        if item["tier"] == "simple":
             assert not any(between)
         else:  # an attractor of the other number sits between the head and the verb
             assert any(n and n != head_number for n in between), item
-        phenomena[item["phenomenon"]] += 1
+        phenomena[item["tier"]] += 1
     assert set(phenomena) == {"simple", "across_prepositional_phrase", "across_relative_clause"}
     assert min(phenomena.values()) >= N_ITEMS // 3
 
@@ -381,7 +395,7 @@ def test_entity_cloze_answer_matches_a_replay_of_the_transfers(benchmarks):
         assert sorted(cast) == sorted(item["choices"])
         holder = _replay_transfers(item["context"], cast)[obj]
         choices = item["choices"]
-        assert 2 <= len(choices) <= 3
+        assert len(choices) == 3
         assert choices[item["answer"]] == holder
         assert all(name in item["context"] for name in choices)
         names_in_order = [w for w in WORD_PATTERN.findall(item["context"]) if w in choices]
@@ -427,8 +441,7 @@ def test_corpus_episodes_state_answers_that_match_a_replay(corpus):
 def test_benchmark_text_never_appears_in_the_corpus_of_the_same_seed(corpus_text, benchmarks):
     for item in benchmarks["agreement"]:
         # Without the final period: the corpus also quotes agreement sentences in dialogue.
-        assert item["sentence_good"][:-1] not in corpus_text
-        assert item["sentence_bad"][:-1] not in corpus_text
+        assert all(sentence[:-1] not in corpus_text for sentence in item["choices"])
     for task in ("entity_cloze", "counting"):
         for item in benchmarks[task]:
             assert item["context"] not in corpus_text
@@ -461,7 +474,7 @@ BASE_OF = {v.s: v.base for v in lx._verb_records()}
 
 def test_agreement_items_ask_about_pairs_the_corpus_never_states(corpus_text, benchmarks):
     """Held-out (head, predicate) pairs: the corpus text, and many more corpus-mode samples."""
-    asked = {_agreement_fact(item["sentence_good"]) for item in benchmarks["agreement"]}
+    asked = {_agreement_fact(good_and_bad(item)[0]) for item in benchmarks["agreement"]}
     assert None not in asked
     stated = set()
     for sentence in re.split(r'(?<=[.!?])\s+|"', corpus_text):

@@ -1,18 +1,20 @@
-"""BPE training, encoding into token files, and the token file format's self-checks."""
+"""BPE training, the saved tokenizer's digests, and encoding a prepared shard into a token shard."""
 
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
 from pipeline.config import TokenizeConfig
-from pipeline.data.shards import ShardError, ShardWriter, open_tokens, read_header, unigram_entropy
-from pipeline.data.tokenizer import encode_split, save_tokenizer, train_tokenizer
+from pipeline.data.digests import verify_digests
+from pipeline.data.prepared import read_prepared, write_prepared
+from pipeline.data.shards import SplitManifest, open_split, write_manifest
+from pipeline.data.tokenizer import encode_shard, save_tokenizer, train_tokenizer, training_texts
+from pipeline.errors import PipelineError
 
 CFG = TokenizeConfig(vocab_size=400, batch_size=7)
 
@@ -39,19 +41,24 @@ def random_unicode(rng: random.Random, length: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
+def train_split(tmp_path_factory):
+    """A prepared train split of two shards, documents of two domains."""
     rng = random.Random(7)
     words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "home", "naïve", "日本", "😀"]
     docs = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) for _ in range(300)]
-    path = tmp_path_factory.mktemp("tok") / "train.parquet"
-    pq.write_table(pa.table({"text": docs}), path)
-    return path
+    labelled = [(d, "pets" if i < 180 else "home") for i, d in enumerate(docs)]
+    directory = tmp_path_factory.mktemp("prepared") / "train"
+    return write_prepared(directory, "train", [labelled[:100], labelled[100:]])
+
+
+def texts_of(split) -> list[str]:
+    return list(training_texts(split, TokenizeConfig()))
 
 
 @pytest.fixture(scope="module")
-def tokenizer(train_file, tmp_path_factory):
+def tokenizer(train_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokdir") / "tokenizer"
-    save_tokenizer(train_tokenizer(train_file, CFG), CFG, out)
+    save_tokenizer(train_tokenizer(texts_of(train_split), CFG), CFG, out)
     return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
@@ -69,10 +76,10 @@ def test_vocab_and_special_token(tokenizer):
     assert tokenizer.encode("<|endoftext|>", add_special_tokens=False).ids == [0]
 
 
-def test_loads_in_transformers(tokenizer, tmp_path, train_file):
+def test_loads_in_transformers(tokenizer, tmp_path, train_split):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    save_tokenizer(train_tokenizer(train_file, CFG), CFG, tmp_path / "tok")
+    save_tokenizer(train_tokenizer(texts_of(train_split), CFG), CFG, tmp_path / "tok")
     hf = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert isinstance(hf, PreTrainedTokenizerFast)
     assert hf.eos_token == "<|endoftext|>"
@@ -80,79 +87,68 @@ def test_loads_in_transformers(tokenizer, tmp_path, train_file):
     assert hf(text)["input_ids"] == tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def test_training_is_deterministic(train_file, tmp_path):
+def test_training_is_deterministic(train_split, tmp_path):
     for name in ("a", "b"):
-        save_tokenizer(train_tokenizer(train_file, CFG), CFG, tmp_path / name)
+        save_tokenizer(train_tokenizer(texts_of(train_split), CFG), CFG, tmp_path / name)
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
         tmp_path / "b" / "tokenizer.json"
     ).read_bytes()
 
 
+def test_training_texts_stop_at_train_max_mb(train_split):
+    everything = texts_of(train_split)
+    budget = sum(len(t.encode()) for t in everything[:50]) / 1e6
+    capped = list(training_texts(train_split, TokenizeConfig(train_max_mb=budget)))
+    assert capped == everything[:50]
+
+
+def test_saved_tokenizer_records_its_digests(train_split, tmp_path):
+    out = tmp_path / "tok"
+    save_tokenizer(train_tokenizer(texts_of(train_split), CFG), CFG, out)
+    verify_digests(out, "tokenize")
+    data = bytearray((out / "tokenizer.json").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / "tokenizer.json").write_bytes(bytes(data))
+    with pytest.raises(
+        PipelineError, match=r"tokenizer.json: SHA-256 differs .* re-run the tokenize"
+    ):
+        verify_digests(out, "tokenize")
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "uint32"])
-def test_encode_split_matches_per_document_encoding(tokenizer, train_file, tmp_path, dtype):
+def test_encode_shard_matches_per_document_encoding(tokenizer, train_split, tmp_path, dtype):
     cfg = TokenizeConfig(vocab_size=400, batch_size=7, token_dtype=dtype)
-    header, text_bytes = encode_split(tokenizer, train_file, tmp_path / "train.bin", cfg)
-    tokens, on_disk = open_tokens(tmp_path / "train.bin")
-    assert on_disk == header == read_header(tmp_path / "train.bin")
-    assert tokens.dtype == np.dtype(dtype)
-    docs = pq.read_table(train_file).column("text").to_pylist()
+    shards = [
+        encode_shard(tokenizer, source, tmp_path / f"train-{i:05d}.bin", cfg)
+        for i, source in enumerate(train_split.shards)
+    ]
+    template = SplitManifest(
+        tmp_path, "train", dtype, tokenizer.get_vocab_size(), 0, "t", tuple(shards), ""
+    )
+    write_manifest(tmp_path, template)
+    split = open_split(tmp_path)
+    assert split.tokens.dtype == np.dtype(dtype)
+    docs = texts_of(train_split)
     expected = []
     for doc in docs:
         expected += tokenizer.encode(doc, add_special_tokens=False).ids + [0]
-    assert tokens.tolist() == expected
-    assert header.num_documents == len(docs) and header.num_tokens == len(expected)
-    assert text_bytes == sum(len(d.encode()) for d in docs)
+    assert np.asarray(split.tokens).tolist() == expected
+    assert split.num_documents == len(docs) and split.num_tokens == len(expected)
+    assert sum(s.text_bytes for s in shards) == sum(len(d.encode()) for d in docs)
+    assert [s.source_sha256 for s in shards] == [s.sha256 for s in train_split.shards]
+    assert split.domain_runs() == [("pets", 180), ("home", 120)]  # runs merged across shards
+    assert shards[1].domains == (("pets", 80), ("home", 120))
 
 
-def write_shard(path, docs, dtype="uint16", vocab=1000):
-    with ShardWriter(path, dtype, vocab, eot_id=0) as writer:
-        writer.write_documents(docs)
-    return writer.header()
-
-
-def test_truncated_shard_is_refused(tmp_path):
-    write_shard(tmp_path / "s.bin", [[5, 6, 7], [8]])
-    data = (tmp_path / "s.bin").read_bytes()
-    (tmp_path / "s.bin").write_bytes(data[:-2])
+def test_encoding_an_altered_prepared_shard_is_refused(tokenizer, train_split, tmp_path):
+    copy = tmp_path / "train"
+    shutil.copytree(train_split.directory, copy)
+    source = read_prepared(copy).shards[0]
+    data = bytearray(source.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    source.path.write_bytes(bytes(data))
     with pytest.raises(
-        ShardError, match=r"s.bin: 10 bytes, header says 6 uint16 tokens = 12 bytes"
+        PipelineError, match=r"train-00000.parquet: SHA-256 differs .*re-run the prepare"
     ):
-        open_tokens(tmp_path / "s.bin")
-
-
-def test_corrupted_shard_is_refused(tmp_path):
-    write_shard(tmp_path / "s.bin", [[5, 6, 7], [8]])
-    data = bytearray((tmp_path / "s.bin").read_bytes())
-    data[3] ^= 0xFF
-    (tmp_path / "s.bin").write_bytes(bytes(data))
-    with pytest.raises(ShardError, match="SHA-256 does not match"):
-        open_tokens(tmp_path / "s.bin")
-    open_tokens(tmp_path / "s.bin", verify_checksum=False)  # size still matches: opt-out works
-
-
-def test_missing_header_and_failed_write_leave_nothing(tmp_path):
-    with pytest.raises(ShardError, match="token header not found"):
-        open_tokens(tmp_path / "none.bin")
-    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "w.bin", "uint16", 100, 0) as writer:
-        writer.write_documents([[1, 2]])
-        raise RuntimeError("killed mid-write")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_vocab_must_fit_dtype(tmp_path):
-    with pytest.raises(ValueError, match="does not fit in uint16"):
-        ShardWriter(tmp_path / "x.bin", "uint16", 70_000, 0)
-
-
-@pytest.mark.parametrize(
-    ("docs", "expected"),
-    [
-        ([[1, 2, 3]], np.log(4)),
-        ([[5, 5, 5, 5, 5, 5, 7]], -(6 / 8) * np.log(6 / 8) - 2 * (1 / 8) * np.log(1 / 8)),
-    ],
-    ids=["uniform", "skewed"],
-)
-def test_unigram_entropy_counts_every_token_including_end_of_text(tmp_path, docs, expected):
-    with ShardWriter(tmp_path / "u.bin", "uint16", 16, eot_id=0) as writer:
-        writer.write_documents(docs)  # each document is followed by the eot token 0
-    assert unigram_entropy(tmp_path / "u.bin") == pytest.approx(expected)
+        encode_shard(tokenizer, source, tmp_path / "x.bin", CFG)
+    assert not (tmp_path / "x.bin").exists()

@@ -19,7 +19,7 @@ import pytest
 # Every stage, in seconds rather than minutes: a 0.3 MB corpus, a 2-layer model, 30 steps.
 TINY_PIPELINE = {
     "seed": 11,
-    "prepare": {"synthetic": {"size_mb": 0.3, "benchmark_items": 12}},
+    "prepare": {"synthetic": {"size_mb": 0.3, "benchmark_items": {"dev": 12, "test": 12}}},
     "tokenize": {"vocab_size": 600},
     "train": {
         "model": {

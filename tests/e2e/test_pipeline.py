@@ -1,5 +1,6 @@
-"""The whole pipeline as users run it: ``dvc repro`` of every stage on tiny params, variants
-through ``dvc exp run`` tracked in a live MLflow server, and a killed training that resumes."""
+"""The whole pipeline as users run it: ``dvc repro`` of every stage on tiny params, re-running
+only what changed with the MLflow lineage found by content, variants through ``dvc exp run``
+tracked in a live MLflow server, and a killed training that resumes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 KILL_TIMEOUT_SECONDS = 300
+STAGES = ("prepare", "tokenize", "train", "export", "evaluate", "card")
 
 
 def read_json(path):
@@ -30,27 +32,47 @@ def test_repro_and_an_experiment_reach_a_live_mlflow_server(
 ):
     repo = make_scratch_repo(tiny_pipeline)
     repo.env.update(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="e2e")
-    out = repo.dvc("repro")
-    for stage in ("prepare", "tokenize", "train", "export", "evaluate", "card"):
-        assert f"Running stage '{stage}'" in out
+    assert ran(repo.dvc("repro")) == set(STAGES)
     assert (repo.path / "models/hf/README.md").is_file()
     baseline = read_json(repo.path / "metrics/eval.json")
+    experiment = mlflow_rest(mlflow_server, "experiments/get-by-name", experiment_name="e2e")
+    experiment_id = experiment["experiment"]["experiment_id"]
+    kind = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
+    assert kind["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+
+    def search() -> list[dict]:
+        body = {"experiment_ids": [experiment_id], "max_results": 1000}
+        return mlflow_rest(mlflow_server, "runs/search", body)["runs"]
+
+    # A comment in prepare's code: prepare re-runs, writes the same bytes, and DVC stops there.
+    before = search()
+    with open(repo.path / "pipeline/data/sources.py", "a") as source:
+        source.write("# a comment changes no data\n")
+    out = repo.dvc("repro")
+    assert ran(out) == {"prepare"}
+    for stage in STAGES[1:]:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "Data and pipelines are up to date" in repo.dvc("status")
+    after = search()
+    assert runs_per_stage(after) == {**runs_per_stage(before), "prepare": 2}
+    assert prepare_run_behind(newest(after, "card"), after) == oldest(after, "prepare")
     repo.git("add", "-A")
     repo.git("commit", "-qm", "baseline run")
 
-    repo.dvc("exp", "run", "-n", "four-to-two", "-S", "train.model.moe.num_experts=2")
+    # New tokens (and fewer experts): everything from tokenize on re-runs, prepare does not.
+    out = repo.dvc(
+        "exp", "run", "-n", "four-to-two", "-S", "tokenize.vocab_size=500",
+        "-S", "train.model.moe.num_experts=2",
+    )  # fmt: skip
+    assert ran(out) == set(STAGES[1:])
+    runs = search()
+    assert prepare_run_behind(newest(runs, "card"), runs) == newest(runs, "prepare")
     shown = repo.dvc("exp", "show", "--no-pager", "--csv")
     assert "four-to-two" in shown
     diff = repo.dvc("metrics", "diff")
     assert "params_total" in diff  # fewer experts: fewer parameters
     assert read_json(repo.path / "metrics/eval.json").keys() == baseline.keys()
 
-    experiment = mlflow_rest(mlflow_server, "experiments/get-by-name", experiment_name="e2e")
-    runs = mlflow_rest(
-        mlflow_server,
-        "runs/search",
-        {"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 100},
-    )["runs"]
     train_runs = [r for r in runs if tag(r, "pipeline.stage") == "train"]
     assert len(train_runs) == 2
     experts = {param(r, "train.model.moe.num_experts") for r in train_runs}
@@ -78,8 +100,40 @@ def test_repro_and_an_experiment_reach_a_live_mlflow_server(
     params = repo.params()  # another task list re-runs the evaluation and the card, nothing else
     params["evaluate"]["tasks"] = ["agreement"]
     repo.set_params(params)
-    ran = {line.split("'")[1] for line in repo.dvc("repro").splitlines() if "Running stage" in line}
-    assert ran == {"evaluate", "card"}
+    assert ran(repo.dvc("repro")) == {"evaluate", "card"}
+
+
+def ran(dvc_output: str) -> set[str]:
+    """The stages a ``dvc repro`` or ``dvc exp run`` ran."""
+    return {line.split("'")[1] for line in dvc_output.splitlines() if "Running stage" in line}
+
+
+def runs_per_stage(runs: list[dict]) -> dict[str, int]:
+    return {stage: sum(tag(r, "pipeline.stage") == stage for r in runs) for stage in STAGES}
+
+
+def by_start(runs: list[dict], stage: str) -> list[dict]:
+    of_stage = [r for r in runs if tag(r, "pipeline.stage") == stage]
+    return sorted(of_stage, key=lambda r: int(r["info"]["start_time"]))
+
+
+def newest(runs: list[dict], stage: str) -> dict:
+    return by_start(runs, stage)[-1]
+
+
+def oldest(runs: list[dict], stage: str) -> dict:
+    return by_start(runs, stage)[0]
+
+
+def prepare_run_behind(card_run: dict, runs: list[dict]) -> dict:
+    """The prepare run reached from a card run through the lineage tags (card -> train ->
+    tokenize -> prepare); the card's own prepare tag must name the same run."""
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    run = card_run
+    for stage in ("train", "tokenize", "prepare"):
+        run = by_id[tag(run, f"upstream.{stage}.run_id")]
+    assert tag(card_run, "upstream.prepare.run_id") == run["info"]["run_id"]
+    return run
 
 
 def tag(run: dict, key: str) -> str | None:

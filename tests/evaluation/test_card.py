@@ -4,8 +4,10 @@ directory is a complete repository, logged to MLflow; and the DVC wiring of expo
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -13,15 +15,15 @@ from huggingface_hub import ModelCard
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
-from evaluation.card import harness_scores, perplexity_scores
+from evaluation.card import harness_scores, initial_weights, perplexity_scores
 from pipeline.config import parse_params
-from pipeline.export.hf_dir import verify_export, write_export
-from pipeline.io import read_json, write_json
+from pipeline.export.hf_dir import FILES, verify_export, write_export
+from pipeline.io import read_json, sha256_file, write_json
 from pipeline.model_io import model_identity, save_model
 from pipeline.paths import Paths
 from stages import card, evaluate
 
-from .test_stage import PARAMS, stand_in_upstream_runs
+from .test_stage import PARAMS, stand_in_run
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = (
@@ -47,11 +49,10 @@ def evaluated(tmp_path_factory, data_root, model):
     write_export(model, paths.tokenizer_dir, paths.hf_dir, "float32")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     evaluate.run(parse_params(PARAMS), paths)
-    counts = model.num_params()
+    counts = model.num_params()  # the timings are in the train run (TIMINGS), not in this file
     write_json(paths.train_metrics, {
         "params_total": counts["total"], "params_active": counts["active"], "steps": 7,
-        "wall_time_s": 12.5, "tokens_per_s": 3456.0, "mfu": 0.0123, "train_loss": 4.2,
-        "val_loss": 4.4, "peak_flops_per_device": 1.36e11, "peak_flops_source": "measured",
+        "train_loss": 4.2, "val_loss": 4.4, "peak_flops_source": "measured",
     })  # fmt: skip
     write_json(paths.prepare_stats, {"splits": {"train": {"documents": 9, "bytes": 999,
                                                           "sha256": "ab" * 32}}})  # fmt: skip
@@ -61,11 +62,22 @@ def evaluated(tmp_path_factory, data_root, model):
     return root
 
 
+TIMINGS = {"wall_time_s": 12.5, "tokens_per_s": 3456.0, "mfu": 0.0123, "peak_flops_per_device": 1.0}
+
+
 def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, monkeypatch):
-    train_run = stand_in_upstream_runs(evaluated, mlflow_uri)
-    paths = Paths(root=evaluated)
-    write_json(paths.export_run, {"run_id": "export-run"})
-    write_json(paths.eval_run, {"run_id": "evaluate-run"})
+    paths = Paths(root=evaluated)  # no prepare or tokenize runs: the card names the others
+    upstream = {
+        "train": stand_in_run(
+            mlflow_uri, "train", {"train_metrics": sha256_file(paths.train_metrics)}, TIMINGS
+        ),
+        "export": stand_in_run(
+            mlflow_uri, "export", {name: sha256_file(paths.hf_dir / name) for name in FILES}
+        ),
+        "evaluate": stand_in_run(
+            mlflow_uri, "evaluate", {"eval_metrics": sha256_file(paths.eval_metrics)}
+        ),
+    }
     monkeypatch.chdir(evaluated)
     card.main()
 
@@ -76,7 +88,9 @@ def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, mo
     assert "moe" in data.tags and data.library_name == "transformers"
     metrics = read_json(paths.eval_metrics)
     by_key = {r.metric_name: r.metric_value for r in data.eval_results}
-    expected = {f"{s.task}/{s.metric}": s.value for s in harness_scores(metrics)}
+    expected = {  # the Hub's model-index gets the test scores; dev chose the defaults
+        f"{s.key}/{s.metric}": s.value for s in harness_scores(metrics) if s.item_set != "dev"
+    }
     expected |= {f"perplexity/{sp}/{m}": v for sp, m, v in perplexity_scores(metrics)}
     assert any(k.endswith("/acc") for k in expected) and any("bits_per_byte" in k for k in expected)
     assert by_key == {k: metrics[k] for k in expected} and len(data.eval_results) == len(expected)
@@ -84,19 +98,22 @@ def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, mo
     text = parsed.text
     positions = [text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
-    stderr = metrics["agreement/acc_stderr"]
-    assert f"{stderr:.4g}" in text and f"{metrics['agreement/chance']:.4g}" in text
+    stderr = metrics["agreement/test/acc_stderr"]
+    assert f"{stderr:.4g}" in text and f"{metrics['agreement/test/chance']:.4g}" in text
+    for task in ("agreement", "entity_cloze", "counting"):
+        best = metrics[f"{task}/test/baseline_best"]
+        assert f"{best:.4g} (" in text  # the strongest baseline, named, beside the score
+        assert re.search(rf"- {task}: (above|\*\*not\*\* above) the strongest baseline", text)
+    assert "By difficulty (test items)" in text and "hand-overs 2" in text
     for image in ("plots/expert_load.png", "plots/specialisation/layer0.png"):
         assert f"]({image})" in text and (repo / image).is_file()
-    for run_id in (
-        train_run,
-        "export-run",
-        "evaluate-run",
-        read_json(repo.parent / "card_run.json")["run_id"],
-    ):
+    card_run = read_json(repo.parent / "card_run.json")
+    assert card_run["upstream"] == upstream
+    for run_id in (*upstream.values(), card_run["run_id"]):
         assert f"`{run_id}`" in text
     assert "`" + "f" * 32 + "`" in text  # the dvc.lock hash
-    assert "3456" in text and "0.0123" in text  # tokens/s and MFU from metrics/train.json
+    assert "3456" in text and "0.0123" in text  # tokens/s and MFU from the train run
+    assert "peak 1 FLOP/s per device (measured)" in text  # its peak, the source from the file
     assert r"`<\|endoftext\|>`" in text  # a pipe inside a table cell is escaped
 
     # Still a valid, loadable export, now with its card: an uploadable repository.
@@ -171,3 +188,14 @@ def test_card_and_export_outputs_share_the_repository_directory_without_overlap(
         "metrics/eval.json",
         *export_outs - {"models/export_run.json"},
     }
+
+
+def test_the_card_names_the_dense_model_an_upcycled_run_started_from():
+    upcycled = parse_params(
+        {"train": {"init": {"upcycle_from": "dense/models", "method": "drop", "drop_ratio": 0.25}}}
+    )
+    text = initial_weights(SimpleNamespace(params=upcycled, runs={"train": "abc123"}))
+    assert "`dense/models`" in text and "0.25 of each expert's units" in text
+    assert "upcycle.weights_sha256" in text and "`abc123`" in text
+    scratch = SimpleNamespace(params=parse_params({}), runs={})
+    assert initial_weights(scratch) == "random (from scratch)"

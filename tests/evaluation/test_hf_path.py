@@ -10,8 +10,9 @@ from lm_eval.api.instance import Instance
 from evaluation.harness import run_harness
 from evaluation.hf_lm import load_hf_lm
 from evaluation.lm_adapter import NativeLM
+from evaluation.standard_tasks import StandardTasks
 from pipeline.config import LOCAL_TASKS
-from pipeline.data.shards import read_header
+from pipeline.data.shards import read_manifest
 from pipeline.export.architectures import ExportError
 from pipeline.export.hf_dir import WEIGHTS, write_export
 from pipeline.paths import Paths
@@ -28,7 +29,7 @@ def lms(data_root, model, tokenizer, tmp_path_factory):
     paths = Paths(root=data_root)
     out = tmp_path_factory.mktemp("hf-path") / "hf"
     write_export(model, paths.tokenizer_dir, out, "float32")
-    eot = read_header(paths.tokens("test")).eot_id
+    eot = read_manifest(paths.token_split("test")).eot_id
     native = NativeLM(model, tokenizer, eot, model.cfg.max_seq_len, batch_size=4)
     return native, load_hf_lm(out, batch_size=4), out
 
@@ -57,9 +58,9 @@ def test_rolling_loglikelihoods_match_beyond_one_window(lms):
 
 def test_task_scores_match_the_native_adapter(lms, data_root):
     native, hf, _ = lms
-    benchmarks = Paths(root=data_root).benchmarks_dir
-    ours = run_harness(native, list(LOCAL_TASKS), [], benchmarks, None, 0)
-    theirs = run_harness(hf, list(LOCAL_TASKS), [], benchmarks, None, 0)
+    benchmark = Paths(root=data_root).benchmark
+    ours = run_harness(native, list(LOCAL_TASKS), StandardTasks(), benchmark, None, 0)
+    theirs = run_harness(hf, list(LOCAL_TASKS), StandardTasks(), benchmark, None, 0)
     assert theirs.keys() == ours.keys()
     assert theirs == pytest.approx(ours, abs=1e-9)
 

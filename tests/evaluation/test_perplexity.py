@@ -11,7 +11,7 @@ import torch
 from evaluation.perplexity import perplexity
 from evaluation.token_bytes import token_byte_lengths
 from evaluation.windows import window_starts
-from pipeline.data.shards import open_tokens
+from pipeline.data.shards import open_split
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 
@@ -47,12 +47,12 @@ def test_bits_per_byte_by_hand(tokenizer):
     ("window", "batch_size", "max_tokens"), [(32, 4, None), (7, 3, None), (5, 1, 40)]
 )
 def test_windowing_scores_each_target_once(data_root, tokenizer, window, batch_size, max_tokens):
-    tokens, header = open_tokens(Paths(root=data_root).tokens("validation"))
+    tokens = open_split(Paths(root=data_root).token_split("validation")).tokens
     table, forward = bigram(tokenizer.get_vocab_size())
     out = perplexity(
         forward, tokens, token_byte_lengths(tokenizer), window, max_tokens, batch_size, CPU
     )
-    ids = torch.from_numpy(tokens.astype(np.int64))
+    ids = torch.from_numpy(np.asarray(tokens).astype(np.int64))
     n = len(tokens) - 1 if max_tokens is None else max_tokens
     direct = -torch.log_softmax(table[ids[:n]], -1).gather(-1, ids[1 : n + 1, None]).sum()
     assert out["tokens"] == n
@@ -61,11 +61,12 @@ def test_windowing_scores_each_target_once(data_root, tokenizer, window, batch_s
 
 def test_bytes_match_the_decoded_text(data_root, tokenizer):
     """Over the whole split the byte count is the decoded text's, minus the first token's."""
-    tokens, header = open_tokens(Paths(root=data_root).tokens("test"))
+    header = open_split(Paths(root=data_root).token_split("test"))
+    tokens = header.tokens
     out = perplexity(
         uniform(tokenizer.get_vocab_size()), tokens, token_byte_lengths(tokenizer), 32, None, 8, CPU
     )
-    ids = tokens.astype(np.int64).tolist()
+    ids = np.asarray(tokens).astype(np.int64).tolist()
     documents, current = [], []
     for i in ids:
         if i == header.eot_id:

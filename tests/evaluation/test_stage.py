@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -11,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import LOCAL_TASKS, parse_params
 from pipeline.errors import PipelineError
-from pipeline.io import write_json
+from pipeline.io import sha256_file
 from pipeline.model_io import model_identity, save_model
 from pipeline.paths import Paths
+from pipeline.tracking import StageRun, use_experiment
 from stages import evaluate
 
 from .conftest import BENCHMARK_ITEMS, TINY_MODEL
@@ -40,17 +42,23 @@ def workdir(tmp_path, data_root, model):
     return root
 
 
-def stand_in_upstream_runs(root, uri: str) -> str:
-    """A finished "train" run in the test store (to receive the eval scores) and run files."""
+def stand_in_run(uri: str, stage: str, outputs: dict[str, str], metrics=None) -> str:
+    """A finished run of ``stage`` in the test store that wrote ``outputs`` (name -> SHA-256)
+    and logged ``metrics``, tagged as the stage tags it: later stages find it by content."""
     client = MlflowClient(uri)
-    experiment = client.create_experiment("test")
-    train_run = client.create_run(experiment, run_name="train").info.run_id
-    client.set_terminated(train_run)
-    paths = Paths(root=root)
-    write_json(paths.train_run, {"run_id": train_run})
-    write_json(paths.tokenize_run, {"run_id": "tokenize-run"})
-    write_json(paths.prepare_run, {"run_id": "prepare-run"})
-    return train_run
+    experiment = use_experiment(client, "test")
+    run = StageRun(client.create_run(experiment, tags={"pipeline.stage": stage}).info.run_id,
+                   experiment, uri)  # fmt: skip
+    run.set_outputs(outputs)
+    run.log_metrics(metrics or {})
+    client.set_terminated(run.run_id)
+    return run.run_id
+
+
+def stand_in_upstream_runs(root, uri: str) -> str:
+    """A finished "train" run that wrote the model (to receive the eval scores)."""
+    weights = Paths(root=root).model_files.weights
+    return stand_in_run(uri, "train", {"model": sha256_file(weights)})
 
 
 def test_stage_writes_stable_metrics_and_tracks_runs(workdir, mlflow_uri, monkeypatch):
@@ -61,10 +69,15 @@ def test_stage_writes_stable_metrics_and_tracks_runs(workdir, mlflow_uri, monkey
     paths = Paths(root=workdir)
     metrics = json.loads(paths.eval_metrics.read_text())
     for task in LOCAL_TASKS:
-        assert 0.0 <= metrics[f"{task}/acc"] <= 1.0
-        assert metrics[f"{task}/acc_stderr"] > 0.0
-        assert metrics[f"{task}/n"] == BENCHMARK_ITEMS
-        assert 0.0 < metrics[f"{task}/chance"] <= 0.5
+        for item_set in ("dev", "test"):
+            key = f"{task}/{item_set}"
+            assert 0.0 <= metrics[f"{key}/acc"] <= 1.0
+            acc, n = metrics[f"{key}/acc"], BENCHMARK_ITEMS  # the harness's sample stderr
+            assert metrics[f"{key}/acc_stderr"] == pytest.approx(
+                math.sqrt(acc * (1 - acc) / (n - 1))
+            )
+            assert metrics[f"{key}/n"] == BENCHMARK_ITEMS
+            assert 0.0 < metrics[f"{key}/chance"] <= 0.5
     for split in ("validation", "test"):
         assert metrics[f"perplexity/{split}/tokens"] == 128
         assert metrics[f"perplexity/{split}/bits_per_byte"] > 0
@@ -85,12 +98,12 @@ def test_stage_writes_stable_metrics_and_tracks_runs(workdir, mlflow_uri, monkey
     assert run.info.status == "FINISHED"
     assert run.data.tags["pipeline.stage"] == "evaluate"
     assert run.data.tags["upstream.train.run_id"] == train_run
-    assert run.data.metrics["agreement/acc"] == metrics["agreement/acc"]
+    assert run.data.metrics["agreement/test/acc"] == metrics["agreement/test/acc"]
     assert "plots/expert_load.png" in {a.path for a in client.list_artifacts(eval_run_id, "plots")}
     layers = {a.path for a in client.list_artifacts(eval_run_id, "plots/specialisation")}
     assert layers == {"plots/specialisation/layer0.png", "plots/specialisation/layer1.png"}
     model_run = client.get_run(train_run).data.metrics
-    assert model_run["eval/agreement/acc"] == metrics["agreement/acc"]
+    assert model_run["eval/agreement/test/acc"] == metrics["agreement/test/acc"]
     assert model_run["eval/perplexity/test/bits_per_byte"] == pytest.approx(
         metrics["perplexity/test/bits_per_byte"]
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -42,12 +40,9 @@ def tiny_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> MoETransform
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export-tokenizer")
-    parquet = root / "train.parquet"
-    pq.write_table(
-        pa.table({"text": list(generate_documents(5, 0.02, episode_share=0.3))}), parquet
-    )
+    texts = generate_documents(5, 0.02, episode_share=0.3)
     out = root / "tokenizer"
-    save_tokenizer(train_tokenizer(parquet, TOKENIZE), TOKENIZE, out)
+    save_tokenizer(train_tokenizer(texts, TOKENIZE), TOKENIZE, out)
     return out
 
 

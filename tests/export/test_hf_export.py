@@ -108,10 +108,41 @@ def test_bfloat16_export_stores_the_rounded_weights(tmp_path, tokenizer_dir, voc
 
 
 @pytest.mark.parametrize(
+    ("overrides", "gate", "up"),
+    [({}, "mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj"),
+     ({"qk_norm": False}, "block_sparse_moe.experts.{e}.w1", "block_sparse_moe.experts.{e}.w3")],
+    ids=["qwen3_moe", "mixtral"],
+)  # fmt: skip
+def test_stacked_w13_is_written_as_each_experts_gate_and_up_projection(
+    overrides, gate, up, tmp_path, tokenizer_dir, vocab_size
+):
+    """The file holds one (F, D) tensor per expert and projection (the hub layout): the first
+    half of ``w13[e]`` is expert e's gate projection, the second its up projection."""
+    from safetensors.torch import load_file
+
+    model, out = export(tmp_path, tokenizer_dir, vocab_size, **overrides)
+    stored = load_file(out / WEIGHTS)
+    w13_E2FD = model.blocks[0].ffn.experts.w13.detach()
+    f = w13_E2FD.shape[1] // 2
+    for e in range(w13_E2FD.shape[0]):
+        prefix = "model.layers.0."
+        assert torch.equal(stored[prefix + gate.format(e=e) + ".weight"], w13_E2FD[e, :f])
+        assert torch.equal(stored[prefix + up.format(e=e) + ".weight"], w13_E2FD[e, f:])
+
+
+@pytest.mark.parametrize(
     ("overrides", "named"),
     [
         ({"moe": {"router": "sigmoid_bias"}}, r"train\.model\.moe\.router = 'sigmoid_bias'"),
         ({"moe": {"num_shared_experts": 1}}, r"train\.model\.moe\.num_shared_experts = 1"),
+        (
+            {"moe": {"n_groups": 2, "topk_groups": 1}},
+            r"train\.model\.moe\.n_groups = 2 with topk_groups = 1: .*deepseek_v3 has n_group",
+        ),
+        (  # sigmoid + groups is deepseek_v3's routing, but not its attention: named as groups
+            {"moe": {"router": "sigmoid_bias", "n_groups": 2, "topk_groups": 1}},
+            r"train\.model\.moe\.n_groups = 2 .*MLA attention",
+        ),
         (
             {"qk_norm": False, "first_dense_layers": 1, "moe": {"renormalize": False}},
             r"renormalize = False \(needs True\); train\.model\.first_dense_layers = 1",

@@ -36,3 +36,12 @@ def test_routing_launcher_rejects_bad_inputs():
         route(logits_TE, 2, score="softmax", bias_E=torch.zeros(3))
     with pytest.raises(KernelInputError, match=r"bias_E: expected shape \(3\)"):
         route(logits_TE, 2, score="sigmoid", bias_E=torch.zeros(4))
+    logits_TE = torch.randn(4, 6)
+    with pytest.raises(KernelInputError, match="n_groups: expected 1, or a divisor of 6"):
+        route(logits_TE, 2, n_groups=4, topk_groups=1)  # 6 experts do not split into 4 groups
+    with pytest.raises(KernelInputError, match="n_groups: .* groups of at least 2, got 6"):
+        route(logits_TE, 1, n_groups=6, topk_groups=1)  # groups of one have no top-2
+    with pytest.raises(KernelInputError, match="topk_groups: expected 1 <= topk_groups <= 3"):
+        route(logits_TE, 2, n_groups=3, topk_groups=4)
+    with pytest.raises(KernelInputError, match="holding at least k = 3 experts, got 1"):
+        route(logits_TE, 3, n_groups=3, topk_groups=1)  # one group of 2 cannot hold 3 picks

@@ -25,8 +25,8 @@ def test_one_expert_top1_equals_the_dense_mlp(backend, renormalize):
     )
     mlp = MLP(16, 12)
     with torch.no_grad():
-        mlp.w1.weight.copy_(layer.experts.w1[0])
-        mlp.w3.weight.copy_(layer.experts.w3[0])
+        mlp.w1.weight.copy_(layer.experts.w13[0, :12])  # the gate projection, then the up
+        mlp.w3.weight.copy_(layer.experts.w13[0, 12:])
         mlp.w2.weight.copy_(layer.experts.w2[0])
     x = torch.randn(2, 5, 16, requires_grad=True)
     y_moe, _, stats = layer(x)
@@ -84,13 +84,17 @@ def test_shared_experts_are_added_to_every_token():
     assert not torch.allclose(y, y_shared_only)
 
 
-def test_aux_loss_is_the_weighted_sum_of_the_named_losses():
+@pytest.mark.parametrize(
+    "balance,name",
+    [("micro", "load_balance"), ("sequence", "seq_balance"), ("global", "global_balance")],
+)
+def test_aux_loss_is_the_weighted_sum_of_the_named_losses(balance, name):
     layer = _layer(num_experts=4, top_k=2, aux_loss_weight=0.5, z_loss_weight=0.25,
-                   seq_aux_loss_weight=2.0)  # fmt: skip
+                   balance=balance)  # fmt: skip
     _, aux, stats = layer(torch.randn(3, 4, 16))
     named = stats.losses
-    expected = 0.5 * named["load_balance"] + 0.25 * named["z_loss"] + 2.0 * named["seq_balance"]
-    torch.testing.assert_close(aux.detach(), expected)
+    assert set(named) == {name, "z_loss"}
+    torch.testing.assert_close(aux.detach(), 0.5 * named[name] + 0.25 * named["z_loss"])
     assert aux.requires_grad and aux.dim() == 0
     assert all(not v.requires_grad for v in named.values())
 
@@ -104,3 +108,52 @@ def test_bf16_autocast_runs_experts_in_bf16_and_routes_in_fp32():
     assert y16.dtype == torch.bfloat16 and aux.dtype == torch.float32
     err = (y16.float() - y32).norm() / y32.norm()
     assert err < 2e-2, f"bf16 vs fp32 norm-relative error {err:.3g}"  # bf16 eps ≈ 4e-3
+
+
+# --------------------------------------------------------------------------- balance scopes
+def _router_grad(layer: MoELayer, aux: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(aux, layer.router.weight)
+    return grad
+
+
+def test_global_balance_of_a_step_of_one_micro_batch_is_the_micro_balance():
+    """With one micro-batch per step the step's counts are the micro-batch's: same value and
+    router gradient, bit for bit."""
+    x = torch.randn(3, 4, 16)
+    results = []
+    for balance in ("micro", "global"):
+        layer = _layer(num_experts=4, top_k=2, balance=balance, z_loss_weight=0.0).train()
+        layer.begin_micro_batch()
+        _, aux, _ = layer(x)
+        results.append((aux.detach(), _router_grad(layer, aux)))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_global_balance_counts_the_step_so_far_and_the_step_moves_the_bias():
+    """Micro-batch 2's loss takes the counts of micro-batches 1 and 2 (Megatron-Core's
+    estimate), micro-batch 1's its own; eval forwards count nothing; end_step hands the
+    step's counts to the bias update and starts the next step from zero."""
+    from pipeline.model.losses import load_balance_loss
+
+    layer = _layer(num_experts=4, top_k=2, balance="global", router="sigmoid_bias",
+                   bias_update_rate=0.1, z_loss_weight=0.0).train()  # fmt: skip
+    xs = [torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    counts = []
+    for x in xs:
+        layer.begin_micro_batch()
+        _, aux, stats = layer(x)
+        counts.append(stats.counts)
+        step_so_far = torch.stack(counts).sum(0)
+        prob_sum_E = stats.mean_prob * 8  # 8 tokens
+        expected = load_balance_loss(step_so_far, prob_sum_E, 8)
+        torch.testing.assert_close(stats.losses["global_balance"], expected)
+        torch.testing.assert_close(aux.detach(), layer.cfg.aux_loss_weight * expected)
+    assert not torch.equal(counts[0], counts[1])  # otherwise the step-so-far would not show
+    layer.eval()
+    layer(xs[0])  # a validation forward: no step's counts
+    assert torch.equal(layer.micro_counts_E, counts[1])
+    layer.train()
+    total = counts[0] + counts[1]
+    layer.end_step()
+    torch.testing.assert_close(layer.router.expert_bias, 0.1 * torch.sign(total.mean() - total))
+    assert not layer.step_counts_E.any() and not layer.micro_counts_E.any()

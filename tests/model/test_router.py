@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import pytest
 import torch
 
 from pipeline.config import MoEConfig
@@ -68,32 +69,65 @@ def test_sigmoid_bias_update_moves_toward_balance():
     x[:, 0] = x[:, 0].abs() + 0.5
 
     def loads():
-        router.eval()  # eval forwards do not count toward the next update
-        counts = torch.bincount(router(x).expert_ids_TK.flatten(), minlength=4)
-        router.train()
-        return counts
+        return torch.bincount(router(x).expert_ids_TK.flatten(), minlength=4)
 
     before = loads()
     assert before.argmax() == 0 and before.max() > 40, before
-    router.train()
-    router(x)
-    router(x)  # counts accumulate over micro-batches until the update
-    router.update_bias()
+    router.update_bias(router(x).counts_E + router(x).counts_E)  # a step of two micro-batches
     expected = 0.05 * torch.sign(2 * before.float().mean() - 2 * before.float())
     torch.testing.assert_close(router.expert_bias, expected)
     for _ in range(50):
-        router(x)
-        router.update_bias()
+        router.update_bias(router(x).counts_E)
     after = loads()
     assert after.max() < before.max() / 2, f"loads before {before.tolist()}, after {after.tolist()}"
 
 
-def test_sigmoid_bias_counts_only_in_training_and_update_without_counts_is_noop():
+def test_sigmoid_bias_update_from_a_step_without_counts_is_noop():
     router = _router(num_experts=4, top_k=2, router="sigmoid_bias")
-    router.eval()
-    router(_x())
-    router.update_bias()
+    router.update_bias(torch.zeros(4))
     assert torch.equal(router.expert_bias, torch.zeros(4))
+
+
+# --------------------------------------------------------------------------- group-limited
+# (The fused kernel, the PyTorch router and a per-token loop agree:
+# tests/ops/test_triton_routing.py.)
+@pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_bias"])
+def test_group_limited_routing_keeps_each_token_inside_its_best_groups(router):
+    """8 experts in 4 groups of 2, 2 groups kept: each token's 3 experts lie in at most 2
+    groups, and the limit does change some tokens' experts (the check is not vacuous)."""
+    grouped = _router(num_experts=8, top_k=3, n_groups=4, topk_groups=2, router=router)
+    free = _router(num_experts=8, top_k=3, router=router)
+    x = _x(t=200)
+    ids_TK = grouped(x).expert_ids_TK
+    assert all(len({i // 2 for i in row}) <= 2 for row in ids_TK.tolist())
+    assert not torch.equal(ids_TK.sort(-1).values, free(x).expert_ids_TK.sort(-1).values)
+    r = grouped(x)  # the weights are the scores of the picks, renormalised
+    picked_TK = r.probs_TE.gather(1, r.expert_ids_TK)
+    if router == "sigmoid_bias":
+        picked_TK = r.logits_TE.sigmoid().gather(1, r.expert_ids_TK)
+    torch.testing.assert_close(r.weights_TK, picked_TK / picked_TK.sum(-1, keepdim=True))
+
+
+def test_all_groups_kept_is_plain_top_k():
+    same = _router(num_experts=8, top_k=3, n_groups=4, topk_groups=4)
+    assert (same.n_groups, same.topk_groups) == (1, 1)
+    assert MoEConfig(num_experts=8, n_groups=4, topk_groups=4).group_limited is False
+
+
+@pytest.mark.parametrize(
+    "moe,message",
+    [
+        ({"num_experts": 8, "n_groups": 3}, "n_groups = 3 must divide num_experts = 8"),
+        ({"num_experts": 8, "n_groups": 8}, "at least 2"),
+        ({"num_experts": 8, "n_groups": 4, "topk_groups": 5}, "topk_groups = 5 exceeds"),
+        ({"num_experts": 8, "top_k": 3, "n_groups": 4}, "top_k = 3 exceeds the 2 experts"),
+        ({"num_experts": 8, "n_groups": 4, "topk_groups": 2, "router": "expert_choice"},
+         "expert_choice has no per-token groups"),
+    ],
+)  # fmt: skip
+def test_group_settings_that_cannot_route_are_refused_by_name(moe, message):
+    with pytest.raises(ValueError, match=message):
+        MoEConfig(**moe)
 
 
 # --------------------------------------------------------------------------- expert_choice

@@ -109,13 +109,11 @@ def test_output_shapes_aux_loss_and_router_stats():
     for stats in out.router_stats:
         assert stats.load.shape == (4,)
         assert stats.load.sum().item() == pytest.approx(1.0)
-        assert set(stats.losses) == {"load_balance", "z_loss", "seq_balance"}
+        assert set(stats.losses) == {"load_balance", "z_loss"}  # seq_balance: weight 0
         assert 0 < stats.entropy.item() <= math.log(4) + 1e-6
     w = cfg.moe
     expected = sum(
-        w.aux_loss_weight * s.losses["load_balance"]
-        + w.z_loss_weight * s.losses["z_loss"]
-        + w.seq_aux_loss_weight * s.losses["seq_balance"]
+        w.aux_loss_weight * s.losses["load_balance"] + w.z_loss_weight * s.losses["z_loss"]
         for s in out.router_stats
     )
     torch.testing.assert_close(out.aux_loss.detach(), expected)

@@ -5,7 +5,8 @@ reference on the whole global batch (same seed, same initial weights), so each c
 
 Scenarios: ``train`` (the transformer, several clipped AdamW steps), ``train_fsdp2`` (the same
 with FSDP2 sharding the dense weights), ``no_token`` (rank 1's experts get
-no token), ``one_expert`` (every token to expert 0), ``reshard`` (DCP save/load across expert-
+no token), ``one_expert`` (every token to expert 0), ``global_balance`` (the global-batch
+balance loss over accumulated micro-batches), ``reshard`` (DCP save/load across expert-
 parallel sizes). Prints ``ok`` on success; any mismatch raises.
 """
 
@@ -122,6 +123,36 @@ def scenario_train(mesh, sharding: str) -> None:
             opt.zero_grad()
 
 
+def scenario_global_balance(mesh) -> None:
+    """``balance: global`` over two accumulated micro-batches, each rank holding its share of
+    each global micro-batch: the balance loss (the mean over ranks), the step's counts and every
+    gradient (the routers' and everything upstream of them: the loss is the balance loss alone)
+    equal one process's on the whole micro-batches. Exact over ranks: each rank's loss takes the
+    counts summed over the ranks, so only the summation order differs (hence FWD/GRAD)."""
+    torch.manual_seed(0)
+    moe = {**MODEL["moe"], "balance": "global", "aux_loss_weight": 1.0, "z_loss_weight": 0.0}
+    reference = MoETransformer(ModelConfig.model_validate({**MODEL, "moe": moe}), VOCAB)
+    model = copy.deepcopy(reference)
+    parallelize(model, ParallelConfig(expert_parallel=mesh[EP_DIM].size()), mesh)
+    world = dist.get_world_size()
+    for micro in range(2):
+        seed = torch.Generator().manual_seed(10 + micro)
+        idx = torch.randint(0, VOCAB, (PER_RANK * world, SEQ), generator=seed)
+        want, got = reference(idx), model(world_slice(idx))
+        (want.aux_loss / 2).backward()  # the trainer's mean over the step's micro-batches
+        (got.aux_loss / 2).backward()
+        for mine, full in zip(got.router_stats, want.router_stats, strict=True):
+            balance = mine.losses["global_balance"].clone()
+            dist.all_reduce(balance)
+            torch.testing.assert_close(balance / world, full.losses["global_balance"], **FWD)
+    for mine, full in zip(model.moe_layers(), reference.moe_layers(), strict=True):
+        counts = mine.step_counts_E + mine.micro_counts_E  # the same on every rank
+        assert torch.equal(counts, full.step_counts_E + full.micro_counts_E)
+    all_reduce_gradients(model, mesh)
+    assert reference.blocks[0].ffn.router.weight.grad.abs().sum() > 0
+    check_close(full_grads(model), full_grads(reference), GRAD, "global balance grad")
+
+
 def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
@@ -170,7 +201,7 @@ def scenario_skewed(mesh, top_k: int) -> None:
     dist.all_reduce(router_grad)  # the summed loss: gradients add over ranks
     torch.testing.assert_close(router_grad, reference.router.weight.grad, **GRAD)
     shard = model.experts.shard
-    for name in ("w1", "w3", "w2"):
+    for name in ("w13", "w2"):
         full = dcp.global_view(grads[f"experts.{name}"], shard).full_tensor()
         torch.testing.assert_close(full, getattr(reference.experts, name).grad, **GRAD)
 
@@ -216,6 +247,8 @@ def main(scenario: str, dp: str, ep: str, out_dir: str = "") -> None:
         scenario_skewed(mesh, top_k=2)
     elif scenario == "one_expert":
         scenario_skewed(mesh, top_k=1)
+    elif scenario == "global_balance":
+        scenario_global_balance(mesh)
     elif scenario == "reshard":
         scenario_reshard(mesh, Path(out_dir))
     else:

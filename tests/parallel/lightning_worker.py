@@ -1,9 +1,10 @@
 """Train the tiny set-up of tests/train through Lightning; rank zero writes the history.
 
     python tests/parallel/lightning_worker.py ROOT OUT.json DEVICES MICRO_BATCH STRATEGY \
-        PARALLEL_JSON [MAX_STEPS [STOP_AFTER [KILL_IN_SAVE]]]
+        PARALLEL_JSON [MAX_STEPS [STOP_AFTER [KILL_IN_SAVE [TRAIN_JSON]]]]
 
-``PARALLEL_JSON`` is the ``train.parallel`` section; ``STOP_AFTER`` ends the run cleanly after
+``PARALLEL_JSON`` is the ``train.parallel`` section; ``TRAIN_JSON`` more ``train`` keys (merged
+into the tiny set-up's); ``STOP_AFTER`` ends the run cleanly after
 that optimizer step (its checkpoint written), as a preempted job would leave it;
 ``KILL_IN_SAVE`` SIGKILLs the process in the middle of the n-th save of ``last.ckpt``.
 Lightning's launcher re-executes this script for ranks 1..DEVICES-1, so it must be a file.
@@ -79,8 +80,10 @@ def main(
     steps: str = "4",
     stop_after: str = "0",
     kill_at_save: str = "0",
+    train_json: str = "{}",
 ):
     p = tiny.params(
+        **json.loads(train_json),
         max_steps=int(steps),
         micro_batch_size=int(micro),
         runtime={

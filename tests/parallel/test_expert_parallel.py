@@ -34,6 +34,13 @@ def test_ep2_matches_one_process_forward_gradients_and_losses_over_steps(run_ep)
 
 
 @pytest.mark.multiprocess
+@pytest.mark.parametrize("dp,ep", [(2, 1), (1, 2)], ids=["dp2", "ep2"])
+def test_global_balance_over_two_ranks_equals_one_process(run_ep, dp, ep):
+    """1 × B against 2 ranks × B/2, data- or expert-parallel: loss value and gradients."""
+    run_ep("global_balance", dp=dp, ep=ep)
+
+
+@pytest.mark.multiprocess
 def test_rank_whose_experts_get_no_token(run_ep):
     run_ep("no_token", dp=1, ep=2)
 

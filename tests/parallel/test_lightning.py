@@ -34,11 +34,12 @@ def losses(run: dict) -> list[float]:
 
 def train(launcher, tiny, root: Path, devices: int, micro: int, strategy: str, **opts) -> dict:
     """One run of lightning_worker.py in a fresh ``root``; ``opts``: parallel (dict), steps,
-    stop_after."""
+    stop_after, train (more ``train`` keys)."""
     if not root.exists():
         tiny.write_tokens(root)
     args = [str(devices), str(micro), strategy, json.dumps(opts.get("parallel", {}))]
-    args += [str(opts.get("steps", 4)), str(opts.get("stop_after", 0))]
+    args += [str(opts.get("steps", 4)), str(opts.get("stop_after", 0)), "0"]
+    args.append(json.dumps(opts.get("train", {})))
     return launcher.lightning_train(root, root.with_suffix(".json"), args)
 
 
@@ -84,8 +85,29 @@ def test_ep2_trains_like_one_process_and_exports_from_dcp(launcher, tiny, single
     assert val[0] == pytest.approx(val[1], **LOSS)
     loads = [[r["load"] for r in run["history"]["load"]] for run in (ep, expected)]
     assert loads[0] == pytest.approx(loads[1], abs=1e-6)
+    # Every step routed every token to the same experts: each rank hashed its half of the step
+    # at its positions in the global batch, and the all-reduced digests are one process's.
+    digests = [run["history"]["routing_digest"] for run in (ep, expected)]
+    assert [r["step"] for r in digests[1]] == [1, 2, 3, 4] and digests[0] == digests[1]
     trained = assert_dcp_exports_the_trained_weights(tmp_path / "ep", tmp_path, tiny.RUN_KEY)
     assert_same_weights(trained, expected_weights, **WEIGHTS)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_global_balance_is_the_same_run_on_one_process_and_on_ep2_with_accumulation(
+    launcher, tiny, tmp_path
+):
+    """balance: global makes the split of a global batch irrelevant: 4 windows as one micro-batch
+    on one process, and as 2 accumulated micro-batches of 1 window on each of 2 expert-parallel
+    ranks (the routing pre-pass counting both, its collectives on both ranks), give the same
+    loss curve to the layouts' fp32 tolerance and the same routing at every step."""
+    balance = {"model": {"moe": {"balance": "global", "aux_loss_weight": 0.05}}}
+    one = train(launcher, tiny, tmp_path / "one", 1, 4, "auto", train=balance)
+    ep = train(launcher, tiny, tmp_path / "ep", 2, 1, "model_parallel",
+               parallel={"expert_parallel": 2}, train={**balance, "grad_accum": 2})  # fmt: skip
+    assert losses(ep) == pytest.approx(losses(one), **LOSS)
+    assert ep["history"]["routing_digest"] == one["history"]["routing_digest"]
 
 
 @pytest.mark.multiprocess

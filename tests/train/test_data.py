@@ -1,4 +1,5 @@
-"""Token windows and the resumable sampler: order, state, DDP slicing, clear errors."""
+"""Token windows over sharded splits and the resumable sampler: order, state, DDP slicing,
+the same windows whatever the sharding, clear errors."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.shards import ShardWriter
+from pipeline.data.shards import open_split, write_split
 from pipeline.train.data import (
     TokenDataModule,
     TokenWindows,
     TrainDataError,
     ValidationWindows,
     WindowStream,
+    training_vocab_size,
 )
 
 
@@ -22,14 +24,16 @@ def take(stream: WindowStream, n: int) -> list[list[int]]:
     return list(itertools.islice(iter(stream), n))
 
 
-def write(path, tokens: list[int]) -> None:
-    with ShardWriter(path, "uint16", 100, 0) as writer:
-        writer.write_documents([tokens[:-1]])  # the writer appends the end-of-text token (0)
+def write(directory, *shards: list[int], vocab: int = 100, tokenizer: str = "t"):
+    """A split of one document per shard (the writer appends the end-of-text token, 0)."""
+    options = {"dtype": "uint16", "vocab_size": vocab, "eot_id": 0, "tokenizer_sha256": tokenizer}
+    write_split(directory, directory.name, [[s[:-1]] for s in shards], **options)
+    return open_split(directory)
 
 
 def test_windows_shift_targets_by_one_and_share_only_the_boundary_token(tmp_path):
-    write(tmp_path / "t.bin", [*range(1, 10), 0])  # 1..9, then EOT = 0: 10 tokens
-    windows = TokenWindows(tmp_path / "t.bin", seq_len=3)
+    split = write(tmp_path / "t", [*range(1, 10), 0])  # 1..9, then EOT = 0: 10 tokens
+    windows = TokenWindows(split, seq_len=3)
     assert len(windows) == 3  # (10 - 1) // 3
     x0, y0 = windows[0]
     x1, _ = windows[1]
@@ -37,12 +41,42 @@ def test_windows_shift_targets_by_one_and_share_only_the_boundary_token(tmp_path
     assert x1.tolist() == [4, 5, 6] and x0.dtype == torch.int64
 
 
+def test_windows_span_shards_and_equal_those_of_one_file(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [[*rng.integers(1, 100, size=int(rng.integers(3, 40))).tolist(), 0] for _ in range(30)]
+    flat = [t for d in docs for t in d]
+    one = TokenWindows(write(tmp_path / "one", flat), seq_len=16)
+    sharded = TokenWindows(write(tmp_path / "many", *docs), seq_len=16)
+    assert len(sharded.split.shards) == 30 and len(one) == len(sharded) == (len(flat) - 1) // 16
+    for i in range(len(one)):
+        x, y = sharded[i]
+        assert (
+            x.tolist() == flat[i * 16 : i * 16 + 16]
+            and y.tolist() == flat[i * 16 + 1 : i * 16 + 17]
+        )
+        assert torch.equal(one[i][0], x) and torch.equal(one[i][1], y)
+
+
+def test_resumed_stream_over_a_sharded_split_gives_the_uninterrupted_batches(tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [[*rng.integers(1, 100, size=50).tolist(), 0] for _ in range(12)]
+    windows = TokenWindows(write(tmp_path / "s", *docs), seq_len=8)
+    straight = WindowStream(len(windows), 4, rank=0, world_size=1, seed=2)
+    expected = [[windows[i][0].tolist() for i in batch] for batch in take(straight, 40)]
+    first = WindowStream(len(windows), 4, rank=0, world_size=1, seed=2)
+    first.mark_consumed(23)
+    resumed = WindowStream(len(windows), 4, rank=0, world_size=1, seed=2)
+    resumed.load_state_dict(first.state_dict())
+    rest = [[windows[i][0].tolist() for i in batch] for batch in take(resumed, 17)]
+    assert rest == expected[23:]
+
+
 def test_corpus_smaller_than_one_window_is_a_clear_error(tmp_path):
-    write(tmp_path / "small.bin", [5, 6, 7, 0])
+    split = write(tmp_path / "small", [5, 6, 7, 0])
     with pytest.raises(TrainDataError, match=r"corpus smaller than one training window") as info:
-        TokenWindows(tmp_path / "small.bin", seq_len=4)
+        TokenWindows(split, seq_len=4)
     message = str(info.value)
-    assert "small.bin" in message and "4 tokens" in message and "seq_len + 1 = 5" in message
+    assert "small" in message and "4 tokens" in message and "seq_len + 1 = 5" in message
 
 
 def test_order_is_deterministic_a_permutation_per_epoch_and_seed_dependent():
@@ -106,7 +140,7 @@ def test_position_that_does_not_fit_the_global_batch_is_refused():
 
 
 def test_validation_uses_the_first_windows_in_order_split_over_ranks(tiny, corpus):
-    full = TokenWindows(corpus.tokens("validation"), seq_len=32)
+    full = TokenWindows(open_split(corpus.token_split("validation")), seq_len=32)
     ranks = [ValidationWindows(full, count=6, rank=r, world_size=2) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 3
     interleaved = [ranks[i % 2][i // 2][0] for i in range(6)]
@@ -114,16 +148,19 @@ def test_validation_uses_the_first_windows_in_order_split_over_ranks(tiny, corpu
 
 
 def test_validation_set_is_capped_by_the_split(tiny, corpus):
-    full = TokenWindows(corpus.tokens("validation"), seq_len=32)
+    full = TokenWindows(open_split(corpus.token_split("validation")), seq_len=32)
     assert len(ValidationWindows(full, count=10**6, rank=0, world_size=1)) == len(full)
 
 
-def test_validation_split_from_another_tokenizer_is_refused(tiny, corpus):
-    tokens = np.arange(1, 200, dtype=np.int64) % 50
-    with ShardWriter(corpus.tokens("validation"), "uint16", 50, 0) as writer:
-        writer.write_documents([tokens.tolist()])
-    dm = TokenDataModule(
-        corpus.tokens("train"), corpus.tokens("validation"), tiny.params().train, 0
-    )
+@pytest.mark.parametrize(("vocab", "tokenizer"), [(50, ""), (300, "another tokenizer")])
+def test_validation_split_from_another_tokenizer_is_refused_before_training(
+    tiny, corpus, vocab, tokenizer
+):
+    tokens = (np.arange(1, 200, dtype=np.int64) % 49 + 1).tolist()
+    write(corpus.token_split("validation"), tokens, vocab=vocab, tokenizer=tokenizer)
+    train, val = corpus.token_split("train"), corpus.token_split("validation")
+    with pytest.raises(TrainDataError, match="was not encoded with the tokenizer"):
+        training_vocab_size(train, val)  # what the trainer calls before building the model
+    dm = TokenDataModule(train, val, tiny.params().train, 0)
     with pytest.raises(TrainDataError, match="was not encoded with the tokenizer"):
         dm.setup("fit")

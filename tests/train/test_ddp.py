@@ -56,6 +56,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     # test_invariance): only the fp32 summation order of the gradient all-reduce differs.
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
     assert ddp["val"][-1]["val_loss"] == pytest.approx(single["val"][-1]["val_loss"], rel=1e-5)
+    assert ddp["routing_digest"] == single["routing_digest"]  # the same decisions every step
     biases = [
         biases_of(Paths(root=tmp_path / run).last_checkpoint(tiny.RUN_KEY))
         for run in ("ddp", "single")

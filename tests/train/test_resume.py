@@ -62,10 +62,42 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(
     resumed = tiny.run(paths, p)  # resume: auto
     assert tiny.losses(resumed)[checkpoint_every:] == tiny.losses(expected)[checkpoint_every:]
     assert resumed.history == expected.history  # restored history + same continuation
+    digests = resumed.history["routing_digest"]  # every step's routing, the resumed ones too
+    assert [r["step"] for r in digests] == list(range(1, 9))
+    assert digests == expected.history["routing_digest"]
     assert resumed.metrics["steps"] == 8
     weights = load_file(paths.model_files.weights)
     assert weights.keys() == expected_weights.keys()
     assert all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+
+
+def test_resumed_global_balance_run_routes_the_same_step_batches(tmp_path, tiny, straight):
+    """balance: global with grad_accum 2: the routing pre-pass finds each step's micro-batches
+    by the step number, so after a resume it counts the same windows, and the continuation is
+    the uninterrupted run's, bit for bit."""
+    p = tiny.params(**RESUME, model={"moe": {"balance": "global"}}, runtime={"checkpoint_every": 4})
+    uninterrupted = tiny.run(tiny.write_tokens(tmp_path / "straight"), p)
+    paths = tiny.write_tokens(tmp_path / "resumed")
+    with pytest.raises(Interrupted):
+        tiny.run(paths, p, callbacks=[CrashAfter(5)])
+    resumed = tiny.run(paths, p)
+    assert resumed.history == uninterrupted.history
+    assert tiny.losses(resumed) != tiny.losses(straight[0])  # global is not the micro run
+
+
+def test_routing_health_window_open_at_the_checkpoint_survives_the_resume(tmp_path, tiny):
+    """Checkpoint at step 3, health logged at steps 2, 4, ...: step 4's dead fraction counts
+    the loads of steps 3 and 4, and step 3's come back from the checkpoint. A threshold of 0.95 ×
+    the mean load makes the fraction depend on every step's counts (0 otherwise, on this run)."""
+    geometry = {**RESUME, "monitor": {"log_every": 2, "dead_expert_load": 0.95}}
+    p = tiny.params(**geometry, runtime={"checkpoint_every": 3})
+    straight = tiny.run(tiny.write_tokens(tmp_path / "straight"), p)
+    paths = tiny.write_tokens(tmp_path / "resumed")
+    with pytest.raises(Interrupted):
+        tiny.run(paths, p, callbacks=[CrashAfter(3)])
+    resumed = tiny.run(paths, p)
+    assert resumed.history["routing"] == straight.history["routing"]
+    assert any(r["dead_fraction"] > 0 for r in straight.history["routing"])
 
 
 def test_a_run_resumes_under_another_backend(tmp_path, tiny, straight):
@@ -185,3 +217,20 @@ def test_checkpoint_without_a_digest_is_refused(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointCorruptError, match="has no content digest"):
         AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_checkpoint_of_the_unstacked_expert_layout_is_refused_with_the_fix(tmp_path, tiny):
+    """Before w13, the experts' gate and up weights were two parameters: their AdamW moments
+    cannot be mapped onto one, so the resume is refused instead of failing inside Lightning."""
+    paths = tiny.write_tokens(tmp_path)
+    tiny.run(paths, tiny.params(max_steps=2, runtime={"checkpoint_every": 2}))
+    path = paths.last_checkpoint(tiny.RUN_KEY)
+    io = AtomicCheckpointIO()
+    checkpoint = io.load_checkpoint(path)
+    state = checkpoint["state_dict"]
+    for key in [k for k in state if k.endswith(".w13")]:
+        gate, up = state.pop(key).chunk(2, dim=1)
+        state[key.removesuffix("w13") + "w1"], state[key.removesuffix("w13") + "w3"] = gate, up
+    io.save_checkpoint(checkpoint, path)
+    with pytest.raises(CheckpointMismatchError, match=r"apart \(w1, w3\).*resume: never"):
+        tiny.run(paths, tiny.params(max_steps=4, runtime={"checkpoint_every": 2}))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Params, parse_params
-from pipeline.data.shards import ShardWriter
+from pipeline.data.shards import write_split
 from pipeline.paths import Paths
 from pipeline.train.trainer import TrainResult, train
 
@@ -71,7 +71,9 @@ def params(**train: Any) -> Params:
 
 def write_tokens(root: Path, train_tokens: int = 12_000, val_tokens: int = 1_500) -> Paths:
     """Learnable random documents: counting runs with a random start and stride, so the loss
-    falls well below log(VOCAB) within a few steps and a broken optimizer shows."""
+    falls well below log(VOCAB) within a few steps and a broken optimizer shows. The train
+    split is cut into three shards: training windows cross shard boundaries (the golden loss
+    curve was recorded on one file of the same tokens)."""
     paths = Paths(root=root)
     rng = np.random.default_rng(0)
     for split, total in (("train", train_tokens), ("validation", val_tokens)):
@@ -80,8 +82,15 @@ def write_tokens(root: Path, train_tokens: int = 12_000, val_tokens: int = 1_500
             start, stride = int(rng.integers(1, VOCAB)), int(rng.integers(1, 4))
             length = int(rng.integers(20, 60))
             docs.append([1 + (start + stride * i) % (VOCAB - 1) for i in range(length)])
-        with ShardWriter(paths.tokens(split), "uint16", VOCAB, EOT) as writer:
-            writer.write_documents(docs)
+        cuts = (
+            [0, len(docs) // 3, 2 * len(docs) // 3, len(docs)]
+            if split == "train"
+            else [0, len(docs)]
+        )
+        shards = [docs[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        write_split(
+            paths.token_split(split), split, shards, dtype="uint16", vocab_size=VOCAB, eot_id=EOT
+        )
     return paths
 
 

@@ -12,12 +12,13 @@ exactly. The stories therefore carry the phenomena the benchmarks probe:
 
 Determinism: every choice comes from a ``random.Random`` instance seeded with an int; no global
 RNG, no ``hash()`` of strings, no iteration over sets. The corpus stream uses ``Random(seed)``
-and the benchmarks ``Random(seed * 1_000_003 + 7)``, so the two never share draws. On top of
+and each benchmark item set its own string-seeded stream
+(:func:`~pipeline.data.synthetic.benchmarks.benchmark_rng`), so none share draws. On top of
 that, agreement items use (head noun, predicate) pairs that the corpus never uses
 (:func:`~pipeline.data.synthetic.grammar.held_out`), so an agreement item cannot be memorised verbatim from the training data.
 
-Public API (the prepare stage calls it): :func:`generate_documents`, :func:`generate_benchmarks`,
-:func:`word_categories` (with :data:`WORD_PATTERN`, written to a data file for the evaluation).
+Public API (the prepare stage calls it): :func:`labelled_documents` (texts with their kind, story,
+tracking or counting: the corpus's domains), :func:`write_benchmark_sets`, :func:`word_categories` (with :data:`WORD_PATTERN`, written to a data file for the evaluation).
 :func:`generate_story` exposes one story with its bookkeeping for tests.
 
 Modules: ``lexicon`` (hand-curated words and morphology), ``pools`` (word pools by kind),
@@ -28,20 +29,35 @@ pairs), ``templates`` (story templates), ``stories`` (stories and the corpus str
 """
 
 from pipeline.data.synthetic.agreement import AGREEMENT_PHENOMENA, agreement_pair
-from pipeline.data.synthetic.benchmarks import generate_benchmarks
+from pipeline.data.synthetic.benchmarks import (
+    BENCHMARK_SPLITS,
+    TASKS,
+    generate_benchmarks,
+    write_benchmark_sets,
+)
 from pipeline.data.synthetic.categories import WORD_PATTERN, word_categories
 from pipeline.data.synthetic.episodes import COUNTING_EPISODES
 from pipeline.data.synthetic.grammar import CAST_POOL
-from pipeline.data.synthetic.stories import generate_documents, generate_story
+from pipeline.data.synthetic.stories import (
+    DOCUMENT_KINDS,
+    generate_documents,
+    generate_story,
+    labelled_documents,
+)
 
 __all__ = [
     "AGREEMENT_PHENOMENA",
+    "BENCHMARK_SPLITS",
     "CAST_POOL",
+    "TASKS",
     "COUNTING_EPISODES",
     "WORD_PATTERN",
     "agreement_pair",
     "generate_benchmarks",
+    "DOCUMENT_KINDS",
     "generate_documents",
+    "labelled_documents",
     "generate_story",
     "word_categories",
+    "write_benchmark_sets",
 ]

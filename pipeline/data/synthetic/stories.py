@@ -91,8 +91,14 @@ def _choose_template(rng: random.Random) -> int:
     return lo
 
 
-def generate_documents(seed: int, size_mb: float, episode_share: float) -> Iterator[str]:
-    """Yield documents until their UTF-8 size sums to >= size_mb * 1_000_000 bytes.
+DOCUMENT_KINDS = ("story", "tracking", "counting")
+
+
+def labelled_documents(
+    seed: int, size_mb: float, episode_share: float
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(kind, text)`` until the texts' UTF-8 size sums to >= size_mb * 1_000_000 bytes;
+    ``kind`` is one of :data:`DOCUMENT_KINDS` (the prepared corpus's ``domain``).
 
     A share ``episode_share`` of them are tracking and counting episodes (``COUNTING_EPISODES``
     of them counting), shaped like the benchmark items and ending with the statement the
@@ -105,10 +111,15 @@ def generate_documents(seed: int, size_mb: float, episode_share: float) -> Itera
     while written < budget:
         roll = rng.random()
         if roll < tracking_share:
-            text = tracking_document(rng)
+            kind, text = "tracking", tracking_document(rng)
         elif roll < episode_share:
-            text = counting_document(rng)
+            kind, text = "counting", counting_document(rng)
         else:
-            text = generate_story(rng).text
+            kind, text = "story", generate_story(rng).text
         written += len(text.encode("utf-8"))
-        yield text
+        yield kind, text
+
+
+def generate_documents(seed: int, size_mb: float, episode_share: float) -> Iterator[str]:
+    """The texts of :func:`labelled_documents`."""
+    return (text for _, text in labelled_documents(seed, size_mb, episode_share))

@@ -1,0 +1,140 @@
+"""One whole training step: the project's model against transformers' on the same weights.
+
+    python bench/train_vs_transformers.py                 # default params.yaml model, 7 rotations
+    python bench/train_vs_transformers.py --shape mid     # d_model 512, 8 layers, E=32 k=4 F=256
+
+What a user would train instead: ``Qwen3MoeForCausalLM`` (the architecture the export stage picks
+for this model, :func:`pipeline.export.architectures.choose_architecture`), built from the config
+the export writes (:func:`~pipeline.export.architectures.hf_config`) and loaded with
+``from_pretrained`` from the export's tensors (:func:`~pipeline.export.architectures.hf_state_dict`)
+of the project's freshly initialised model; once per experts implementation
+(``eager``, ``grouped_mm``). Before timing, every model's logits and router loss are computed on
+the micro-batch and compared.
+
+A timed call is one optimizer step on one micro-batch (16 × 256 tokens by default, 8 × 512 at
+``mid``), the same on every side: forward, loss = cross-entropy + router losses, backward,
+gradient clipping, AdamW (the project's parameter groups and hyper-parameters), zero_grad.
+The losses are each side's own: the project's ``token_cross_entropy`` plus its router losses
+(Switch balance + z-loss per layer, weighted as in ``params.yaml``); transformers' training
+forward with ``labels`` (its ``ForCausalLMLoss``, given our targets as ``shift_labels``) and
+``output_router_logits=True`` (``load_balancing_loss_func`` over all layers times
+``router_aux_loss_coef``, added to the loss by the model). fp32, this machine's CPU, the models in
+rotation (:mod:`timing`); the speed-up over transformers is taken rotation by rotation against
+its fastest implementation (by median), and the target is met when its median and lower quartile
+clear it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from timing import against, format_ratio, parsed, ratio, rotation, short_run_note, spread
+from train_throughput import Stepper, add_common_args, train_config
+
+from pipeline.config import TrainConfig
+from pipeline.export.architectures import hf_config, hf_state_dict
+from pipeline.train.module import token_cross_entropy
+from pipeline.train.optim import build_optimizer
+
+IMPLEMENTATIONS = ("eager", "grouped_mm")
+TARGETS = {"default": 1.2, "mid": 1.5}  # project over transformers' fastest, tokens/s
+
+
+class TransformersStepper(Stepper):
+    """transformers' model of ``ours``' weights, on ``ours``' micro-batch, with the same
+    optimizer and clipping; its router loss is transformers' own."""
+
+    def __init__(self, ours: Stepper, cfg: TrainConfig, export_dir: Path, implementation: str):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            export_dir,
+            dtype=torch.float32,
+            attn_implementation="sdpa",  # the project's attention is SDPA too
+            experts_implementation=implementation,
+        ).train()
+        actual = self.model.config._experts_implementation
+        if actual != implementation:
+            raise SystemExit(f"asked transformers for {implementation} experts, got {actual}")
+        self.optimizer, _ = build_optimizer(self.model, cfg.optim, cfg.max_steps)
+        self.grad_clip, self.device, self.autocast = ours.grad_clip, ours.device, None
+        # transformers' loss flattens the targets with view(): a contiguous copy of ours.
+        self.inputs, self.targets = ours.inputs, ours.targets.contiguous()
+        self.tokens_per_step, self.flops_per_token = ours.tokens_per_step, ours.flops_per_token
+        self.params = ours.params
+
+    def forward(self):
+        """transformers' own training forward: its cross-entropy on our targets
+        (``shift_labels``: no shift inside), plus ``router_aux_loss_coef`` × its balance loss."""
+        return self.model(
+            input_ids=self.inputs,
+            labels=self.targets,
+            shift_labels=self.targets,
+            output_router_logits=True,
+            use_cache=False,
+        )
+
+    def loss(self) -> torch.Tensor:
+        return self.forward().loss
+
+    def after_step(self) -> None:
+        """transformers' router has no state to move after a step."""
+
+
+def export(ours: Stepper, vocab: int, directory: Path) -> None:
+    """What the export stage writes of the model, less the tokenizer: config and weights."""
+    hf_config(ours.model.cfg, vocab, eot_id=0, dtype="float32").save_pretrained(directory)
+    save_file(hf_state_dict(ours.model, torch.float32), directory / "model.safetensors")
+
+
+@torch.no_grad()
+def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -> str:
+    """One line: each model's largest logit difference from ours (norm-relative) and the
+    router losses of both sides, on the timed micro-batch."""
+    out = ours.model(ours.inputs)
+    ce = token_cross_entropy(out.logits, ours.targets)
+    parts = [f"ours: cross-entropy {ce.item():.6f}, router losses {out.aux_loss.item():.4g}"]
+    for name, other in others.items():
+        theirs = other.forward()
+        diff = (theirs.logits - out.logits).norm() / out.logits.norm()
+        if diff > 1e-4:  # fp32, same weights: only summation order differs (measured ~3e-7)
+            raise SystemExit(f"{name}: logits differ from ours by {diff:.2e} (norm-relative)")
+        aux = other.model.config.router_aux_loss_coef * theirs.aux_loss
+        parts.append(f"{name}: logits within {diff:.1e}, cross-entropy "
+                     f"{(theirs.loss - aux).item():.6f}, router loss {aux.item():.4g}")  # fmt: skip
+    return "; ".join(parts)
+
+
+def main() -> None:
+    args = parsed(__doc__, add_common_args, IMPLEMENTATIONS)
+    cfg, vocab = train_config(args)
+    ours = Stepper(cfg, cfg.model, vocab, backend="torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        export(ours, vocab, Path(tmp))
+        others = {f"hf-{i}": TransformersStepper(ours, cfg, Path(tmp), i) for i in args.impls}
+    print(f"shape={args.shape} threads={args.threads} micro-batch={cfg.micro_batch_size}x"
+          f"{cfg.seq_len} rotations={args.reps} warm-ups={args.warmups} torch={torch.__version__}")  # fmt: skip
+    print(f"params: {ours.params['total']:,} total, {ours.params['active']:,} active")
+    print(check_same_function(ours, others))
+    print(short_run_note(args.reps, args.warmups))
+    steppers = {"ours": ours, **others}
+    times = rotation({name: s.step for name, s in steppers.items()}, args.reps, args.warmups)
+    fastest = min(others, key=lambda name: spread(times[name]).median)
+    print("| model | tokens/s (median) | tokens/s (best) | step median ms | step IQR ms | "
+          "ours over it: median [lower quartile] of per-rotation ratios |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name, s in steppers.items():
+        st = spread(times[name])
+        over = "-" if name == "ours" else format_ratio(ratio(times[name], times["ours"]))
+        print(f"| {name} | {s.tokens_per_step / st.median:,.0f} | "
+              f"{s.tokens_per_step / st.minimum:,.0f} | {st.median * 1e3:,.0f} | "
+              f"{st.iqr * 1e3:,.0f} | {over} |")  # fmt: skip
+    measured = ratio(times[fastest], times["ours"])
+    print(f"ours over transformers' fastest ({fastest}): {against(measured, TARGETS[args.shape])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Shard jobs: the data stages' work as tasks that processes or machines run independently.
+
+The conventions are datatrove's (its ``LocalPipelineExecutor`` / ``SlurmPipelineExecutor``):
+
+* job ``I/N`` (``--shard I/N``) runs tasks ``I, I+N, I+2N, ...`` of the stage's plan
+  (:func:`select`), which every job computes the same way from the params and the inputs;
+* a task writes its outputs into the stage's staging directory, each file atomically, and its
+  completion marker last (:func:`write_marker`): a task is done when its marker exists and names
+  the same task of the same plan, so a marker left by another plan or params counts as missing;
+* the merge (``--merge``) checks every marker (:func:`missing_tasks`) and only then moves the
+  outputs into place (:func:`replace_dir`); a missing task stops it with the jobs to re-run.
+
+One command (what ``dvc repro`` runs) is every task, run by :func:`run_tasks` in
+``num_workers`` processes, then the same merge, so N jobs and a merge write the same bytes as it.
+The tasks are pure functions of their inputs: their number and order of completion do not change
+what is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, write_json
+
+T = TypeVar("T")
+
+
+class JobError(PipelineError):
+    """A shard job or merge was asked for something the plan does not allow."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise JobError(f"--shard {text!r}: expected I/N, e.g. 0/8 (job I of N, from 0)") from None
+    if not 0 <= index < count:
+        raise JobError(f"--shard {text!r}: expected 0 <= I < N")
+    return index, count
+
+
+def select(tasks: Sequence[T], shard: tuple[int, int]) -> list[T]:
+    index, count = shard
+    return list(tasks[index::count])
+
+
+def plan_digest(plan: Any) -> str:
+    """A digest of what a task depends on (params, inputs), recorded in its marker."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def write_marker(path: Path, task: dict, result: dict) -> None:
+    """The completion marker of ``task``: written after all of the task's outputs."""
+    write_json(path, {"task": task, "result": result})
+
+
+def read_result(path: Path, task: dict) -> dict | None:
+    """The result recorded for ``task``, or None if the task is not done under this plan."""
+    if not path.is_file():
+        return None
+    marker = read_json(path)
+    return marker["result"] if marker.get("task") == task else None
+
+
+def missing_tasks(markers: Sequence[tuple[Path, dict]], stage: str) -> None:
+    """Refuse to merge unless every task has its marker."""
+    missing = [i for i, (path, task) in enumerate(markers) if read_result(path, task) is None]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise JobError(
+            f"{stage}: {len(missing)} of {len(markers)} tasks are not done (no completion marker "
+            f"for this plan in {markers[0][0].parent}): tasks {shown}. Run the shard jobs that "
+            f"hold them (python -m stages.{stage} --shard I/N takes tasks I, I+N, ...), then "
+            "merge again"
+        )
+
+
+def run_tasks(
+    work: Callable[..., T],
+    args: Sequence[tuple],
+    workers: int,
+    env: dict[str, str] | None = None,
+) -> list[T]:
+    """``[work(*a) for a in args]`` in ``workers`` fresh processes (spawned, so no thread pool
+    or open file is inherited), with ``env`` set in each; in this process when ``workers`` is 1.
+    The first failure cancels the tasks not started and is raised."""
+    if workers == 1 or len(args) <= 1:
+        return [work(*a) for a in args]
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(args)),
+        mp_context=get_context("spawn"),
+        initializer=_set_env,
+        initargs=(env or {},),
+    )
+    with pool:
+        futures = [pool.submit(work, *a) for a in args]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise failed[0].exception()
+        return [f.result() for f in futures]
+
+
+def _set_env(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def threads_per_worker(workers: int) -> dict[str, str]:
+    """Environment that gives each of ``workers`` processes its share of this machine's cores
+    for the tokenizer's threads (Rayon), unless ``RAYON_NUM_THREADS`` is set already."""
+    if "RAYON_NUM_THREADS" in os.environ:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"RAYON_NUM_THREADS": str(max(1, (cores or 1) // workers))}
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the directory ``new`` at ``target``, replacing what was there."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` as an empty directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
