@@ -9,13 +9,13 @@ the step's counts (``MoELayer.known_step_counts_E``); each micro-batch then bala
 exact full-step frequencies, and the accumulated gradient is the full batch's. Megatron-Core
 instead uses the counts of the micro-batches seen so far (``_apply_global_aux_loss`` in
 ``megatron/core/transformer/moe/router.py``), which the layer still falls back to when no count
-is given; measured against the full batch, that estimate deviates as much as the per-micro-batch
-loss it replaces and, early in training, more (bench/RESULTS.md, "Global-batch balance under
-accumulation").
+is given; measured against the full batch, that estimate's router gradient is off by the same
+order as the per-micro-batch loss it replaces, the pre-pass's by fp32 rounding only
+(bench/RESULTS.md, "Global-batch balance under accumulation").
 
-Cost: one forward pass per micro-batch (no backward, no activations kept), about a third of a
-training step's compute, paid only by ``global`` runs with ``grad_accum > 1``
-(bench/RESULTS.md). Exact when the second forward routes every token as the first did: the same
+Cost: one forward pass per micro-batch (no backward, no activations kept), by arithmetic about a
+third of a training step's compute (not measured), paid only by ``global`` runs with
+``grad_accum > 1``. Exact when the second forward routes every token as the first did: the same
 weights and inputs through the same kernels, in the training step's precision context (what
 activation checkpointing relies on too); where a kernel is non-deterministic on a GPU, a token
 at a near-tie may switch experts, moving one frequency by ``1 / (T · k)``.
