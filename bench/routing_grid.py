@@ -3,6 +3,7 @@ then the table for bench/RESULTS.md and the same runs compared in MLflow.
 
     python bench/routing_grid.py queue [--dry-run]   # one `dvc exp run --queue` per point
     dvc queue start --jobs 1                         # then wait: dvc queue status
+    python bench/routing_grid.py run                 # or: one after another, in the workspace
     python bench/routing_grid.py table               # markdown, from `dvc exp show --json`
     python bench/routing_grid.py mlflow              # the runs in the MLflow store + compare URL
 
@@ -40,6 +41,10 @@ from pipeline.config import flatten_keys  # noqa: E402
 GRID = ROOT / "examples" / "routing-grid"
 PRESET = ROOT / "examples" / "real-text" / "params.yaml"
 PREFIX = "routing-"
+# Every point's batch geometry: 16 sequences per optimizer step in 4 accumulated micro-batches of
+# 4, so that "micro" (each micro-batch balanced) and "global" (the whole step) differ; with one
+# micro-batch per step and one process they would be the same loss.
+GEOMETRY = {"train.micro_batch_size": 4, "train.grad_accum": 4}
 
 
 def points() -> dict[str, dict]:
@@ -49,15 +54,19 @@ def points() -> dict[str, dict]:
     }
 
 
-def queue_commands() -> list[list[str]]:
-    """``dvc exp run --queue`` per point: the preset's keys, then the point's (JSON values are
-    YAML, so strings with globs or colons pass through ``-S`` intact)."""
+def queue_commands(queue: bool = True) -> list[list[str]]:
+    """``dvc exp run [--queue]`` per point: the preset's keys, the shared geometry, then the
+    point's (JSON values are YAML, so strings with globs or colons pass through ``-S`` intact).
+    Queued experiments run in temporary copies of the repository, which hold only what git or
+    DVC tracks: the fetched corpus must be tracked there (``dvc add corpus``); ``queue=False``
+    runs in the workspace itself."""
     preset = flatten_keys(yaml.safe_load(PRESET.read_text()))
     commands = []
     for name, overrides in points().items():
-        settings = {**preset, **overrides}
+        settings = {**preset, **GEOMETRY, **overrides}
         pairs = [arg for k, v in settings.items() for arg in ("-S", f"{k}={json.dumps(v)}")]
-        commands.append(["dvc", "exp", "run", "--queue", "-n", PREFIX + name, *pairs, "train"])
+        run = ["dvc", "exp", "run", *(["--queue"] if queue else [])]
+        commands.append([*run, "-n", PREFIX + name, *pairs, "train"])
     return commands
 
 
@@ -145,11 +154,11 @@ def mlflow_runs() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["queue", "table", "mlflow"])
-    parser.add_argument("--dry-run", action="store_true", help="queue: print, do not queue")
+    parser.add_argument("action", choices=["queue", "run", "table", "mlflow"])
+    parser.add_argument("--dry-run", action="store_true", help="queue/run: print, do not run")
     args = parser.parse_args()
-    if args.action == "queue":
-        for command in queue_commands():
+    if args.action in ("queue", "run"):
+        for command in queue_commands(queue=args.action == "queue"):
             print(shlex.join(command if args.dry_run else command[:6]), flush=True)
             if not args.dry_run:
                 subprocess.run(command, cwd=ROOT, check=True)
