@@ -129,16 +129,16 @@ def mlflow_runs() -> None:
 
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name(experiment_name())
-    names = ", ".join(f"'{PREFIX}{p}'" for p in points())
-    runs = client.search_runs(
+    names = {PREFIX + p for p in points()}
+    runs = client.search_runs(  # MLflow's filter has no IN for tags: the names are matched here
         [experiment.experiment_id],
-        f"tags.`pipeline.stage` = 'train' AND tags.`dvc.exp_name` IN ({names}) "
-        "AND attributes.status = 'FINISHED'",
+        "tags.`pipeline.stage` = 'train' AND attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
     latest = {}
     for run in runs:
-        latest.setdefault(run.data.tags["dvc.exp_name"], run)
+        if run.data.tags.get("dvc.exp_name") in names:
+            latest.setdefault(run.data.tags["dvc.exp_name"], run)
     print("| point | MLflow run | val_loss | max router/layer*/max_vio | tokens_per_s |")
     print("|---|---|---|---|---|")
     for name, run in latest.items():
