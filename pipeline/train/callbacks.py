@@ -115,11 +115,11 @@ def describe_run(trainer: L.Trainer, pl_module, backend: str) -> str:
     """One line saying what actually runs (``backend``: :func:`moe_backend`'s): no silent
     fallback goes unnoticed."""
     strategy = trainer.strategy
-    backend = getattr(strategy, "process_group_backend", None)
+    collectives = getattr(strategy, "process_group_backend", None)  # gloo / nccl, if any
     return (
         f"training on {pl_module.device} ({type(trainer.accelerator).__name__}): "
         f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
-        f"strategy {type(strategy).__name__}{f' ({backend})' if backend else ''}, "
+        f"strategy {type(strategy).__name__}{f' ({collectives})' if collectives else ''}, "
         f"precision {trainer.precision}, compile {pl_module.cfg.runtime.compile}, "
         f"MoE backend {backend}, {torch.get_num_threads()} CPU threads"
     )

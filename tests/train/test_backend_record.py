@@ -17,11 +17,14 @@ from pipeline.train.metrics import datasheet_peak_flops, peak_flops
 from pipeline.train.trainer import train
 
 
-def test_a_cpu_run_records_that_no_check_applied(tmp_path, tiny):
-    result = tiny.run(tiny.write_tokens(tmp_path), tiny.params(max_steps=2))
+def test_a_cpu_run_records_that_no_check_applied(tmp_path, tiny, caplog):
+    with caplog.at_level("INFO", logger="pipeline.train.callbacks"):
+        result = tiny.run(tiny.write_tokens(tmp_path), tiny.params(max_steps=2))
     assert (
         result.metrics["moe_backend_check"] == "not run: MoE backend torch (requested auto) on cpu"
     )
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training")]
+    assert "MoE backend torch" in summary  # the one line saying what runs names the MoE path
 
 
 @pytest.mark.skipif(not backends.triton_available(), reason="the check compares the triton path")
