@@ -20,8 +20,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from evaluation.baselines import strongest
 from pipeline.config import ModelConfig, Params
+from pipeline.data.benchmark_sets import ITEM_SETS
 
-ITEM_SETS = ("dev", "test")
 #: Keys under a task's scores that are not scores of their own.
 NOT_SCORES = ("n", "chance", "contamination", "baseline_best", "above_baseline_stderr")
 NOT_HARNESS = ("perplexity", "routing")

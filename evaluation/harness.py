@@ -29,11 +29,11 @@ from lm_eval.api.task import Task
 from lm_eval.tasks import TaskManager
 
 from evaluation.standard_tasks import MIRROR_GROUP, HarnessError, StandardTasks, load_standard_tasks
+from pipeline.data.benchmark_sets import ITEM_SETS
 
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-ITEM_SETS = ("dev", "test")
 BenchmarkFile = Callable[[str, str], Path]  # (task, item set) -> its JSONL file
 
 

@@ -23,10 +23,10 @@ from lm_eval.api.model import LM
 from tokenizers import Tokenizer
 
 from evaluation.baselines import baseline_metrics
-from evaluation.harness import ITEM_SETS, BenchmarkFile, run_harness
+from evaluation.harness import BenchmarkFile, run_harness
 from evaluation.lm_adapter import UnigramLM
 from evaluation.standard_tasks import StandardTasks
-from pipeline.data.benchmark_sets import item_text, read_items
+from pipeline.data.benchmark_sets import ITEM_SETS, item_text, read_items
 from pipeline.data.contamination import contamination_rates
 
 

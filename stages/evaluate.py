@@ -21,7 +21,6 @@ from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
 from evaluation.generation import generations_markdown, sample_generations
-from evaluation.harness import ITEM_SETS
 from evaluation.hf_lm import load_hf_lm
 from evaluation.lm_adapter import NativeLM
 from evaluation.perplexity import perplexity
@@ -31,9 +30,10 @@ from evaluation.standard_tasks import StandardTasks
 from evaluation.task_scores import score_tasks
 from evaluation.token_bytes import token_byte_lengths, token_bytes
 from pipeline.config import EvaluateConfig, Params, load_params
+from pipeline.data.benchmark_sets import ITEM_SETS
 from pipeline.data.digests import verify_digests
 from pipeline.data.prepared import iter_texts, read_prepared
-from pipeline.data.shards import open_split, read_manifest, token_counts
+from pipeline.data.shards import TokenSplit, open_split, read_manifest, token_counts
 from pipeline.data.word_categories import read_word_categories
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_file, write_json, write_text
@@ -97,14 +97,15 @@ def load(paths: Paths) -> Loaded:
     return Loaded(model, tokenizer, device)
 
 
-def perplexities(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, float]:
+def perplexities(
+    ev: Loaded, splits: dict[str, TokenSplit], cfg: EvaluateConfig
+) -> dict[str, float]:
     lengths = token_byte_lengths(ev.tokenizer)
     metrics = {}
-    for split in ("validation", "test"):
-        tokens = open_split(paths.token_split(split)).tokens
+    for split, opened in splits.items():
         result = perplexity(
             lambda idx: ev.model(idx).logits,
-            tokens,
+            opened.tokens,
             lengths,
             ev.window,
             cfg.perplexity_max_tokens,
@@ -116,8 +117,7 @@ def perplexities(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, flo
     return metrics
 
 
-def routing(ev: Loaded, paths: Paths, cfg: EvaluateConfig) -> dict[str, float]:
-    test = open_split(paths.token_split("test"))
+def routing(ev: Loaded, paths: Paths, test: TokenSplit, cfg: EvaluateConfig) -> dict[str, float]:
     tokens = test.tokens
     return analyse_routing(
         ev.model,
@@ -146,12 +146,14 @@ def run(params: Params, paths: Paths) -> dict[str, float]:
     verify_digests(paths.tokenizer_dir, "tokenize")  # before any work: damaged inputs stop here
     verify_digests(paths.benchmarks_dir, "prepare")
     ev = load(paths)
-    eot_id = read_manifest(paths.token_split("test")).eot_id
+    # Opened (each shard checked against its digest) once, for perplexity and routing.
+    splits = {split: open_split(paths.token_split(split)) for split in ("validation", "test")}
+    eot_id = splits["test"].eot_id
     lm = NativeLM(ev.model, ev.tokenizer, eot_id, ev.window, cfg.batch_size, params.seed)
     evaluator = harness_model(params, paths, lm, ev.device)  # before the long work: fail early
 
-    metrics = perplexities(ev, paths, cfg)
-    metrics.update(routing(ev, paths, cfg))
+    metrics = perplexities(ev, splits, cfg)
+    metrics.update(routing(ev, paths, splits["test"], cfg))
     samples = sample_generations(lm, cfg.generation, params.seed)
     write_json(paths.eval_generations, samples)
     write_text(

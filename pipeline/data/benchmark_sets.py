@@ -17,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 
 Item = dict
+ITEM_SETS = ("dev", "test")  # dev: to choose and tune on; test: reported
 
 
 def item_text(item: Item) -> str:

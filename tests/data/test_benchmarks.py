@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.data.benchmark_sets import item_text, read_items
+from pipeline.data.benchmark_sets import ITEM_SETS, item_text, read_items
 from pipeline.data.synthetic.benchmarks import (
-    BENCHMARK_SPLITS,
     TASKS,
     generate_benchmarks,
     write_benchmark_sets,
@@ -42,7 +41,7 @@ def test_dev_and_test_are_disjoint_and_of_the_asked_size(generated):
 def test_same_seed_same_items_other_seed_other_items(generated):
     assert generate_benchmarks(7, SIZES, clean) == generated
     other, _ = generate_benchmarks(8, SIZES, clean)
-    for split in BENCHMARK_SPLITS:
+    for split in ITEM_SETS:
         for task in TASKS:
             assert other[split][task] != generated[0][split][task]
 
@@ -62,7 +61,7 @@ def test_contaminated_candidates_are_passed_over_and_counted():
         return {i for i, text in enumerate(texts) if "kite" in text}
 
     items, rejected = generate_benchmarks(7, SIZES, kite_is_dirty)
-    for split in BENCHMARK_SPLITS:
+    for split in ITEM_SETS:
         for task in TASKS:
             assert len(items[split][task]) == SIZES[split]
             assert not any("kite" in item_text(i) for i in items[split][task])

@@ -94,6 +94,10 @@ def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, mo
     expected |= {f"perplexity/{sp}/{m}": v for sp, m, v in perplexity_scores(metrics)}
     assert any(k.endswith("/acc") for k in expected) and any("bits_per_byte" in k for k in expected)
     assert by_key == {k: metrics[k] for k in expected} and len(data.eval_results) == len(expected)
+    # Pinned, not only derived with the card's own helper: each task's test accuracy, no dev item.
+    for task in ("agreement", "entity_cloze", "counting"):
+        assert by_key[f"{task}/test/acc"] == metrics[f"{task}/test/acc"]
+    assert not [k for k in by_key if "/dev/" in k or "/tier/" in k]
 
     text = parsed.text
     positions = [text.index(s) for s in SECTIONS]

@@ -9,10 +9,10 @@ import time
 import pytest
 from lm_eval.api.model import LM
 
-from evaluation.harness import ITEM_SETS, run_harness
+from evaluation.harness import run_harness
 from evaluation.standard_tasks import HarnessError, StandardTasks, check_hub_reachable
 from pipeline.config import LOCAL_TASKS
-from pipeline.data.benchmark_sets import read_items
+from pipeline.data.benchmark_sets import ITEM_SETS, read_items
 from pipeline.paths import Paths
 
 from .conftest import BENCHMARK_ITEMS

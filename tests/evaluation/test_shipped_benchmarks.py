@@ -10,11 +10,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from evaluation.baselines import chance, rule_baselines
-from evaluation.harness import ITEM_SETS, run_harness
+from evaluation.harness import run_harness
 from evaluation.lm_adapter import UnigramLM
 from evaluation.standard_tasks import StandardTasks
 from pipeline.config import LOCAL_TASKS, load_params
-from pipeline.data.benchmark_sets import item_text, read_items
+from pipeline.data.benchmark_sets import ITEM_SETS, item_text, read_items
 from pipeline.data.contamination import contamination_rates
 from pipeline.data.prepared import iter_texts, read_prepared
 from pipeline.data.shards import open_split, token_counts

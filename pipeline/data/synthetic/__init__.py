@@ -30,7 +30,6 @@ pairs), ``templates`` (story templates), ``stories`` (stories and the corpus str
 
 from pipeline.data.synthetic.agreement import AGREEMENT_PHENOMENA, agreement_pair
 from pipeline.data.synthetic.benchmarks import (
-    BENCHMARK_SPLITS,
     TASKS,
     generate_benchmarks,
     write_benchmark_sets,
@@ -47,7 +46,6 @@ from pipeline.data.synthetic.stories import (
 
 __all__ = [
     "AGREEMENT_PHENOMENA",
-    "BENCHMARK_SPLITS",
     "CAST_POOL",
     "TASKS",
     "COUNTING_EPISODES",

@@ -20,7 +20,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from pipeline.data.benchmark_sets import item_text, write_items
+from pipeline.data.benchmark_sets import ITEM_SETS, item_text, write_items
 from pipeline.data.contamination import ItemWindows
 from pipeline.data.synthetic.agreement import AGREEMENT_PHENOMENA, agreement_pair
 from pipeline.data.synthetic.episodes import (
@@ -31,8 +31,6 @@ from pipeline.data.synthetic.episodes import (
 )
 from pipeline.data.synthetic.grammar import number_text, sentence
 from pipeline.paths import Paths
-
-BENCHMARK_SPLITS = ("dev", "test")
 
 Item = dict
 TextBatches = Callable[[], Iterable[Sequence[str]]]
@@ -111,11 +109,11 @@ def generate_benchmarks(
     item texts, returns the indices of those that share a 13-gram with the training text, see
     :mod:`pipeline.data.contamination`) lets through and, for test, that are not dev items.
     """
-    items: dict[str, dict[str, list[Item]]] = {split: {} for split in BENCHMARK_SPLITS}
+    items: dict[str, dict[str, list[Item]]] = {split: {} for split in ITEM_SETS}
     rejected: dict[str, dict[str, int]] = {task: {} for task in TASKS}
     for task in TASKS:
         dev_texts: set[str] = set()
-        for split in BENCHMARK_SPLITS:
+        for split in ITEM_SETS:
             stream = item_stream(seed, task, split)
             chosen, dropped = _first_clean(stream, sizes[split], dev_texts, contaminated)
             items[split][task], rejected[task][split] = chosen, dropped
@@ -152,7 +150,7 @@ def write_benchmark_sets(
 
     items, rejected = generate_benchmarks(seed, sizes, contaminated)
     stats: dict[str, dict[str, dict[str, int]]] = {}
-    for split in BENCHMARK_SPLITS:
+    for split in ITEM_SETS:
         for task, task_items in items[split].items():
             write_items(paths.benchmark(task, split), task_items)
             counts = {"items": len(task_items), "rejected": rejected[task][split]}
