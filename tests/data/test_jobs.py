@@ -1,0 +1,45 @@
+"""``run_tasks``: this process works beside the spawned pool, results keep the tasks' order,
+and a failure on either side is raised."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from pipeline.data.jobs import run_tasks
+
+
+def square_where(x: int, seconds: float) -> tuple[int, int]:
+    time.sleep(seconds)
+    return x * x, os.getpid()
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"task {x} failed")
+    return x
+
+
+def test_two_workers_are_this_process_and_one_spawned_and_keep_the_order():
+    tasks = [(x, 0.05) for x in range(12)]
+    results = run_tasks(square_where, tasks, workers=2)
+    assert [value for value, _ in results] == [x * x for x in range(12)]
+    pids = [pid for _, pid in results]
+    # The pool holds the first task from submission on and this process starts from the back.
+    assert pids[-1] == os.getpid()
+    assert pids[0] != os.getpid()
+    # Each side's tasks are one run from its end: the two meet once.
+    assert pids == sorted(pids, key=lambda pid: pid == os.getpid())
+
+
+def test_one_worker_runs_everything_here():
+    results = run_tasks(square_where, [(x, 0.0) for x in range(3)], workers=1)
+    assert {pid for _, pid in results} == {os.getpid()}
+
+
+@pytest.mark.parametrize("bad", [0, 7], ids=["in-the-pool", "in-this-process"])
+def test_a_failing_task_is_raised_from_either_side(bad):
+    with pytest.raises(ValueError, match=f"task {bad} failed"):
+        run_tasks(fail_at, [(x, bad) for x in range(8)], workers=2)
