@@ -6,8 +6,8 @@ split, the end-of-text token standing in for an empty context), so this model is
 as ``HFLM`` would score its Hugging Face export; only the three model calls are ours:
 
 * ``_loglikelihood_tokens``: the continuation's log-probabilities summed, and whether greedy
-  decoding would have produced it. Requests run longest first in batches, right-padded with the
-  end-of-text token: the attention is causal, so padding after a sequence cannot change its
+  decoding would have produced it. Each distinct input row runs once (the one-token choices of an
+  item share theirs), longest first in batches, right-padded with the end-of-text token: the attention is causal, so padding after a sequence cannot change its
   logits, and the model evaluates with dropless routing (see :func:`pipeline.model_io.load_model`),
   so padding tokens cannot take an expert slot from a real token either.
 * ``loglikelihood_rolling``: the harness's disjoint rolling windows of ``max_length`` tokens
@@ -110,47 +110,43 @@ class NativeLM(_TokenizerLM):
     def _loglikelihood_tokens(
         self, requests: list[TokenRequest], disable_tqdm: bool = False
     ) -> list[tuple[float, bool]]:
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        """One forward per distinct input row (:meth:`_input_row`), longest first: the choices of
+        a multiple-choice item that are one token long (a name, a number) share their row, the
+        context, so an item of four such choices costs one forward, not four."""
+        readers: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, continuation) in enumerate(requests):
+            readers.setdefault(self._input_row(context, continuation), []).append(index)
+        distinct = sorted(readers, key=len, reverse=True)
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
         for start in tqdm(
-            range(0, len(order), self.batch_size), desc="loglikelihood", disable=disable_tqdm
+            range(0, len(distinct), self.batch_size), desc="loglikelihood", disable=disable_tqdm
         ):
-            chunk = order[start : start + self.batch_size]
-            scored = self._score_batch([requests[i] for i in chunk])
-            for i, result in zip(chunk, scored, strict=True):
-                results[i] = result
-                if requests[i][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
+            rows = distinct[start : start + self.batch_size]
+            logprobs_BTV = self._logprobs(rows)
+            for b, row in enumerate(rows):
+                for i in readers[row]:
+                    results[i] = _score(logprobs_BTV[b, : len(row)], requests[i][2])
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
         return results
 
-    def _score_batch(self, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
-        """Score one batch: inputs are the last ``max_length`` tokens of context + continuation
-        minus the final token; the continuation's targets are the last ``len(cont)`` positions."""
-        rows, conts = [], []
-        for _, context, continuation in requests:
-            if len(continuation) > self.max_length:
-                raise ValueError(
-                    f"continuation of {len(continuation)} tokens exceeds the model's "
-                    f"{self.max_length}-token context"
-                )
-            rows.append((context + continuation)[-(self.max_length + 1) :][:-1])
-            conts.append(continuation)
-        width = max(len(r) for r in rows)
-        batch = torch.full((len(rows), width), self._eot_id, dtype=torch.long)
+    def _input_row(self, context: list[int], continuation: list[int]) -> tuple[int, ...]:
+        """The model's input for one request: the last ``max_length`` tokens of context +
+        continuation minus the final token; the continuation's targets are its last
+        ``len(continuation)`` positions."""
+        if len(continuation) > self.max_length:
+            raise ValueError(
+                f"continuation of {len(continuation)} tokens exceeds the model's "
+                f"{self.max_length}-token context"
+            )
+        return tuple((context + continuation)[-(self.max_length + 1) :][:-1])
+
+    def _logprobs(self, rows: list[tuple[int, ...]]) -> torch.Tensor:
+        """Log-probabilities ``(B, T, V)`` of right-padded ``rows``."""
+        batch = torch.full((len(rows), max(map(len, rows))), self._eot_id, dtype=torch.long)
         for b, row in enumerate(rows):
             batch[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        logprobs = self.model(batch.to(self._device)).logits.float().log_softmax(-1)  # (B, T, V)
-        results = []
-        for b, (row, cont) in enumerate(zip(rows, conts, strict=True)):
-            if not cont:
-                results.append((0.0, True))
-                continue
-            positions = logprobs[b, len(row) - len(cont) : len(row)]  # (C, V)
-            target = torch.tensor(cont, device=positions.device)
-            picked = positions.gather(-1, target[:, None]).squeeze(-1)
-            greedy = bool((positions.argmax(-1) == target).all())
-            results.append((picked.double().sum().item(), greedy))
-        return results
+        return self.model(batch.to(self._device)).logits.float().log_softmax(-1)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         windows: list[TokenRequest] = []
@@ -220,3 +216,14 @@ class NativeLM(_TokenizerLM):
         if self._eot_id in new:
             new = new[: new.index(self._eot_id)]
         return self.tok_decode(new)
+
+
+def _score(logprobs_TV: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
+    """The continuation's summed log-probability at the last ``len(continuation)`` positions of
+    its row's ``logprobs_TV``, and whether greedy decoding would have produced it."""
+    if not continuation:
+        return 0.0, True
+    positions_CV = logprobs_TV[-len(continuation) :]
+    target_C = torch.tensor(continuation, device=positions_CV.device)
+    picked_C = positions_CV.gather(-1, target_C[:, None]).squeeze(-1)
+    return picked_C.double().sum().item(), bool((positions_CV.argmax(-1) == target_C).all())

@@ -62,6 +62,27 @@ def test_is_greedy_only_for_the_argmax_continuation(lm, model):
     assert [is_greedy for _, is_greedy in scored] == [True, False]
 
 
+def test_one_token_choices_share_one_forward_and_score_as_if_alone(lm, model, monkeypatch):
+    context = lm.tok_encode("Now the ball is with")
+    choices = [[t] for t in (5, 17, 42, 99)]  # four one-token choices of one item
+    other = (None, lm.tok_encode("The dogs"), lm.tok_encode(" run home."))
+    forwards = []
+    monkeypatch.setattr(model, "forward", _counting(model.forward, forwards))
+    scored = lm._loglikelihood_tokens([(None, context, c) for c in choices] + [other])
+    assert sum(forwards) == 2  # the shared context's row once, the other request's once
+    logprobs = next_logprobs(model, context)
+    for choice, (logprob, _) in zip(choices, scored, strict=False):
+        assert logprob == pytest.approx(logprobs[choice[0]].item(), **TOL)
+
+
+def _counting(forward, rows: list[int]):
+    def counted(idx, *args, **kwargs):
+        rows.append(idx.shape[0])
+        return forward(idx, *args, **kwargs)
+
+    return counted
+
+
 def test_long_context_keeps_its_last_tokens(lm):
     """A context beyond the window is cut from the left: same score as the cut context."""
     context = lm.tok_encode("Mia and Tom were playing in the park. " * 6)
