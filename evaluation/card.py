@@ -6,7 +6,7 @@ The metadata is ``huggingface_hub``'s :class:`ModelCardData` (license, language,
 so the Hub shows the scores and tools can read them back. The body follows the sections of
 Mitchell et al., "Model Cards for Model Reporting" (2019): model details, intended and
 out-of-scope use, training data, training procedure, evaluation (with stderr and chance level),
-routing analysis, limitations and risks, and reproducibility (commit, DVC hashes, MLflow runs).
+routing analysis, limitations and risks, and reproducibility (DVC hashes, how to find the MLflow runs).
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ NOT_HARNESS = ("perplexity", "routing")
 class CardInputs:
     """Everything the card reports, read from the pipeline's outputs by the ``card`` stage.
 
-    ``runs``: stage name → MLflow run id. ``lock``: stage name → ``{out path: md5}`` from
-    ``dvc.lock``. ``plots``: image paths relative to the model directory."""
+    ``lock``: stage name → ``{out path: md5}`` from ``dvc.lock``. ``plots``: image paths
+    relative to the model directory. Nothing here may differ between two stores or checkouts
+    holding the same files (a teammate's ``dvc pull`` regenerates this very card): no MLflow run
+    id, no commit; those are the registered model version's tags."""
 
     params: Params
     model: ModelConfig
@@ -42,9 +44,7 @@ class CardInputs:
     train_metrics: dict[str, Any]
     prepare_stats: dict[str, Any]
     tokenize_metrics: dict[str, Any]
-    runs: dict[str, str]
     lock: dict[str, dict[str, str]]
-    git: dict[str, str]
     environment: dict[str, str]
     plots: list[str] = field(default_factory=list)
 
@@ -320,9 +320,10 @@ def initial_weights(inputs: CardInputs) -> str:
     )
     return (
         f"sparse-upcycled ({method}; router {init.router_init}) from the dense model "
-        f"`{init.upcycle_from}`; its weights' SHA-256 and training run are the MLflow tags "
-        f"`upcycle.weights_sha256` and `upstream.train.run_id` of run "
-        f"`{inputs.runs.get('train', 'n/a')}`"
+        f"`{init.upcycle_from}`, weights SHA-256 "
+        f"`{inputs.train_metrics.get('upcycled_from_sha256', 'n/a')}`: its training run is the "
+        "MLflow run tagged `output.model.sha256` with that digest (this model's train run "
+        "names it, `upstream.train.run_id`)"
     )
 
 
@@ -585,8 +586,6 @@ def _limitations(inputs: CardInputs) -> str:
 
 
 def _reproducibility(inputs: CardInputs) -> str:
-    commit = inputs.git.get("mlflow.source.git.commit", "n/a")
-    runs = _table(["stage", "MLflow run id"], [[s, f"`{r}`"] for s, r in inputs.runs.items()])
     outs = [
         [stage, f"`{path}`", f"`{md5}`"]
         for stage, paths in inputs.lock.items()
@@ -595,11 +594,14 @@ def _reproducibility(inputs: CardInputs) -> str:
     env = ", ".join(f"{k} {v}" for k, v in inputs.environment.items() if k != "hardware")
     return (
         "## Reproducibility\n\n"
-        f"Git commit `{commit}` (uncommitted changes: {inputs.git.get('git.dirty', 'n/a')}). "
-        "Rebuild with (`dvc repro` runs each stage's `python -m stages.<name>`; this card came "
-        "from `python -m stages.card`):\n\n"
-        f"```\ngit checkout {commit}\ndvc pull     # the cached outputs, or rebuild them:\n"
+        "Rebuild from the commit whose `dvc.lock` pins the outputs below (`dvc repro` runs each "
+        "stage's `python -m stages.<name>`; this card came from `python -m stages.card`):\n\n"
+        "```\ngit checkout <that commit>\ndvc pull     # the cached outputs, or rebuild them:\n"
         "dvc repro card\n```\n\n"
-        f"Environment: {env}.\n\n{runs}\n\nOutputs as pinned in `dvc.lock` (md5):\n\n"
+        f"Environment: {env}.\n\n"
+        "MLflow: the registered model version tagged `weights.sha256` with the SHA-256 of "
+        "`model.safetensors` names the commit and the export, train and tokenize runs; each "
+        "stage's run leads to its upstream runs (`upstream.<stage>.run_id`).\n\n"
+        "Outputs as pinned in `dvc.lock` (md5):\n\n"
         + (_table(["stage", "output", "md5"], outs) if outs else "no `dvc.lock` found")
     )

@@ -189,7 +189,7 @@ class MoEConfig(Section):
     top_k: int = Field(
         2, ge=1, description="experts per token (capacity per expert for expert_choice)"
     )
-    expert_hidden: int = Field(256, ge=1, description="SwiGLU hidden size of one expert")
+    expert_hidden: int = Field(128, ge=1, description="SwiGLU hidden size of one expert")
     num_shared_experts: int = Field(0, ge=0, description="always-on experts added to every token")
     router: Literal["softmax_topk", "sigmoid_bias", "expert_choice"] = "softmax_topk"
     renormalize: bool = Field(True, description="renormalise the top-k weights to sum to 1")
@@ -290,11 +290,11 @@ class ModelConfig(Section):
     from the trained tokenizer. Together with it, this is the model's identity
     (``pipeline.model_io.model_identity``): weights load only into the same spec."""
 
-    d_model: int = Field(256, ge=8)
+    d_model: int = Field(128, ge=8)
     n_layers: int = Field(4, ge=1)
     n_heads: int = Field(4, ge=1)
     n_kv_heads: int = Field(2, ge=1, description="grouped-query attention: key/value heads")
-    dense_hidden: int = Field(768, ge=1, description="SwiGLU hidden size of dense layers")
+    dense_hidden: int = Field(384, ge=1, description="SwiGLU hidden size of dense layers")
     moe_every: int = Field(
         1, ge=1, description="layer i is MoE when (i - first_dense_layers) % moe_every == 0"
     )
@@ -404,7 +404,7 @@ class MonitorConfig(Section):
     """What is measured during training; none of it changes the trained weights."""
 
     log_every: int = Field(10, ge=1, description="optimizer steps between logged metrics")
-    val_every: int = Field(100, ge=1, description="optimizer steps between validations")
+    val_every: int = Field(50, ge=1, description="optimizer steps between validations")
     val_batches: int = Field(20, ge=1, description="global micro-batches of validation windows")
     peak_flops: float | None = Field(
         None, gt=0, description="per-device peak for MFU; null = measure"
@@ -615,7 +615,11 @@ class EvaluateConfig(Section):
 
 # --------------------------------------------------------------------------- card
 class CardConfig(Section):
-    model_name: str = Field("moe-pipeline-tiny", min_length=1)
+    model_name: str = Field(
+        "moe-pipeline-tiny",
+        pattern=r"^[^/:]+$",
+        description="the card's model name and the MLflow registered model's (no '/' or ':')",
+    )
     training_data: str | None = Field(
         None, description="what the corpus is, its source and license, for the card's Training data"
     )

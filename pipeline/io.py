@@ -69,6 +69,28 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def canonical_safetensors(path: Path | str) -> None:
+    """Rewrite the header of the safetensors file ``path`` with its ``__metadata__`` keys sorted.
+
+    safetensors serialises the metadata from a Rust ``HashMap``, whose iteration order is drawn
+    per process: the same tensors and metadata of two keys came out in one of two byte orders,
+    so the same weights got another SHA-256 on about half the saves (and DVC re-ran everything
+    downstream). Sorting keeps the header's length, so the tensor data does not move."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not metadata:
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) != len(raw.rstrip(b" ")):
+            raise ValueError(f"{path}: safetensors header not in the compact form expected")
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))
+
+
 def unreachable(url: str, timeout_s: float) -> str | None:
     """Why ``url`` gave no answer within ``timeout_s`` seconds; ``None`` when it answered. For
     failing in seconds where a client library would retry for minutes."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, read_json, sha256_file, write_json
+from pipeline.io import atomic_path, canonical_safetensors, read_json, sha256_file, write_json
 from pipeline.model import MoETransformer
 from pipeline.paths import ModelFiles
 
@@ -52,6 +52,7 @@ def save_model(model: nn.Module, identity: dict[str, Any], files: ModelFiles) ->
         save_safetensors(
             model, str(tmp), metadata={"format": "pt", "identity": json.dumps(identity)}
         )
+        canonical_safetensors(tmp)
         weights_sha256 = sha256_file(tmp)
     write_json(
         files.config, {"format": WEIGHTS_FORMAT, **identity, "weights_sha256": weights_sha256}

@@ -1,7 +1,8 @@
 """MLflow run identity and lineage for every stage execution.
 
 One stage execution = one MLflow run in one experiment (``MLFLOW_EXPERIMENT_NAME``, default
-``moe-pipeline``), which is tagged ``mlflow.experimentKind`` so the MLflow UI opens it in its
+``moe-pipeline``), nested under the run of its pipeline execution (:mod:`pipeline.executions`); the
+experiment is tagged ``mlflow.experimentKind`` so the MLflow UI opens it in its
 model-training view rather than the GenAI traces overview.
 
 Lineage is derived from content, not carried by a file (docs/ARCHITECTURE.md, "Lineage"): a run
@@ -12,12 +13,14 @@ equal its own inputs (an MLflow tag search) and records it as ``upstream.<stage>
 a model's run one can walk back to the exact tokenizer, token shards and corpus it came from, and
 no DVC dependency holds a per-execution value: a stage re-run that writes the same bytes leaves
 everything downstream unchanged for ``dvc repro``. For the same reason what an execution measures
-rather than computes (wall times, throughput) goes to the run and to a timing file that no stage
-depends on. The ``run.json`` each stage writes names its run for people; nothing reads it.
+rather than computes (wall times, throughput) goes to the run and to a timing file that only the
+card, the last stage, reads. The ``run.json`` each stage writes names its run for people; nothing reads it.
 
 Every run carries the git commit (``mlflow.source.git.commit``), a dirty flag, the DVC experiment
-name when ``dvc exp run`` started it (``DVC_EXP_NAME``), all of ``params.yaml`` flattened, and the
-installed package versions (``environment/pip-freeze.txt``).
+name when ``dvc exp run`` started it (``DVC_EXP_NAME``), all of ``params.yaml`` flattened with
+their digest (``pipeline.params_digest``), and the installed package versions
+(``environment/pip-freeze.txt``).
+
 """
 
 from __future__ import annotations
@@ -31,8 +34,18 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Params, flatten_keys
+from pipeline.config import Params
 from pipeline.errors import PipelineError
+from pipeline.executions import (
+    HEADLINE_METRICS,
+    PARAMS_DIGEST_TAG,
+    PARENT_TAG,
+    close_parent,
+    flat_params,
+    log_metrics_to,
+    open_parent,
+    params_digest,
+)
 from pipeline.io import unreachable, write_json
 
 log = logging.getLogger(__name__)
@@ -44,8 +57,13 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # GenAI overview of traces. The value is the UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT.
 MODEL_TRAINING_KIND = "custom_model_development"
 # What a training execution measures rather than computes: in its MLflow run and in
-# metrics/train_timing.json, never in metrics/train.json (which the card stage depends on).
+# metrics/train_timing.json (read by the card alone, the last stage), never in
+# metrics/train.json, which holds only what the same params and seed reproduce.
 TRAIN_TIMINGS = ("wall_time_s", "tokens_per_s", "mfu", "peak_flops_per_device")
+
+# Seconds between two samples of the system metrics: a handful of points in a minute-long CPU
+# run, and few enough in a long one. MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
 class TrackingError(PipelineError):
@@ -122,13 +140,14 @@ class StageRun:
     """A live MLflow run of one stage; thin wrapper so stages need not touch the client.
 
     ``upstream``: stage name → the run id of the upstream run found by content (absent where the
-    store holds none).
+    store holds none). ``parent_id``: the run of the pipeline execution it is nested under.
     """
 
     run_id: str
     experiment_id: str
     uri: str
     upstream: dict[str, str] = field(default_factory=dict)
+    parent_id: str | None = None
 
     @property
     def client(self):
@@ -137,12 +156,12 @@ class StageRun:
         return MlflowClient(self.uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-        from mlflow.utils.time import get_current_time_millis
-
-        now = get_current_time_millis()
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        """Log ``metrics`` to this run, and the :data:`HEADLINE_METRICS` among them to the
+        parent too."""
+        log_metrics_to(self.client, self.run_id, metrics, step or 0)
+        headline = {k: v for k, v in metrics.items() if HEADLINE_METRICS.fullmatch(k)}
+        if self.parent_id and headline:
+            log_metrics_to(self.client, self.parent_id, headline, step or 0)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -159,17 +178,42 @@ class StageRun:
         that stage's search for its upstream run matches."""
         self.set_tags({f"output.{name}.sha256": digest for name, digest in outputs.items()})
 
-    def upstream_metrics(self, stage: str) -> dict[str, float]:
-        """The final metrics of the upstream run of ``stage`` (empty where none was found)."""
-        run_id = self.upstream.get(stage)
-        return dict(self.client.get_run(run_id).data.metrics) if run_id else {}
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
+        """Log CPU, memory, disk, network and (with ``nvidia-ml-py`` and an NVIDIA GPU) GPU
+        use as ``system/...`` metrics of this run every ``interval_s`` seconds while the block
+        runs, through MLflow's system metrics monitor (a background thread; the samples of the
+        last, unfinished interval are not logged)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, tracking_uri=self.uri
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a local (sqlite) store keeps its artifacts: ``mlruns/`` in the
+    project root. MLflow's default, ``./mlruns``, is resolved against the working directory when
+    the experiment is created, which for a first ``dvc exp run --temp`` is a temporary copy that
+    DVC deletes, registered models and all. A server (``http://``) decides for itself: None."""
+    return (repo_root() / "mlruns").as_uri() if uri.startswith("sqlite:") else None
 
 
 def use_experiment(client, name: str) -> str:
-    """The id of experiment ``name``, created if missing, marked as model training (an
-    experiment created before the pipeline set the kind is marked on first use)."""
+    """The id of experiment ``name``, created if missing (:func:`artifact_location`), marked as
+    model training (an experiment created before the pipeline set the kind is marked on first
+    use)."""
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(name, artifact_location(client.tracking_uri))
+    )
     if not experiment or experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return experiment_id
@@ -224,12 +268,14 @@ def _start(
     experiment_id = use_experiment(client, experiment_name())
     found = _upstream_runs(client, experiment_id, inputs, upstream)
     tags.update({f"upstream.{name}.run_id": run_id for name, run_id in found.items()})
+    parent_id = open_parent(client, experiment_id, params, tags)
     exp_name = os.environ.get("DVC_EXP_NAME")
     run_name = f"{stage}-{exp_name}" if exp_name else stage
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    flat = flatten_keys(params.model_dump(mode="json"))
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: parent_id})
+    flat = flat_params(params)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(flat.items())])
-    return StageRun(run.info.run_id, experiment_id, uri, found)
+    client.set_tag(parent_id, f"stage.{stage}.run_id", run.info.run_id)
+    return StageRun(run.info.run_id, experiment_id, uri, found, parent_id)
 
 
 @contextlib.contextmanager
@@ -240,7 +286,8 @@ def stage_run(
     upstream: Mapping[str, Collection[str]],
     run_file: Path,
 ) -> Iterator[StageRun]:
-    """Track one stage execution; write ``run_file`` on success, mark the run FAILED otherwise.
+    """Track one stage execution, nested under the run of the pipeline execution (module
+    docstring, "Executions"); write ``run_file`` on success, mark the run FAILED otherwise.
 
     ``inputs`` maps each input's pipeline-wide name to its SHA-256 (tagged
     ``input.<name>.sha256``); ``upstream`` maps an upstream stage to the names of the inputs it
@@ -249,7 +296,7 @@ def stage_run(
     unknown = {n for names in upstream.values() for n in names} - set(inputs)
     if unknown:
         raise ValueError(f"upstream outputs {sorted(unknown)} are not among the inputs")
-    tags = {"pipeline.stage": stage, **git_state()}
+    tags = {"pipeline.stage": stage, PARAMS_DIGEST_TAG: params_digest(params), **git_state()}
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp
     tags.update({f"input.{name}.sha256": digest for name, digest in inputs.items()})
@@ -267,10 +314,12 @@ def stage_run(
         status = "FINISHED"
     finally:
         run.client.set_terminated(run.run_id, status)
+        close_parent(run.client, run.experiment_id, run.run_id, run.parent_id, status)
     write_json(
         run_file,
         {
             "run_id": run.run_id,
+            "parent_run_id": run.parent_id,
             "experiment_id": run.experiment_id,
             "stage": stage,
             "upstream": run.upstream,

@@ -1,11 +1,19 @@
 """DVC stage ``card``: the model card, which makes ``models/hf/`` a complete model repository.
 
 ``python -m stages.card`` checks the export (:func:`~pipeline.export.hf_dir.verify_export`),
-reads the metrics and stats the earlier stages wrote plus ``dvc.lock``, finds the earlier
-stages' MLflow runs by the content of those files (:mod:`pipeline.tracking`) and takes the
-training's wall time and throughput from its run, copies the routing plots into
+reads the metrics and stats the earlier stages wrote (the training's wall time and throughput
+from ``metrics/train_timing.json``) plus ``dvc.lock``, copies the routing plots into
 ``models/hf/plots/`` and writes ``models/hf/README.md`` (:mod:`evaluation.card`); both go to
-MLflow in a run of this stage.
+MLflow in a run of this stage, which finds the earlier stages' runs by the content of those
+files (:mod:`pipeline.tracking`), and the card becomes the description of the registered model
+version holding these weights (:func:`~pipeline.export.registry.describe_version`).
+
+The card is a function of the files DVC gives this stage: a teammate's ``git clone`` + ``dvc
+pull`` regenerates it byte for byte, whatever MLflow store or commit they have. So it names no
+run id and no commit (the registered version's tags do), and from ``dvc.lock`` it lists only the
+outputs that hold content, not those that change with every execution (:data:`PER_EXECUTION`).
+The timing file is a dependency of this stage alone: nothing else reads it, so a re-run of
+train that wrote the same weights re-runs the card only.
 
 ``dvc.lock`` is read but is not a declared dependency: DVC rewrites it after every stage, this
 one included, so declaring it would make the card permanently out of date. Its upstream entries
@@ -24,16 +32,19 @@ import yaml
 
 from evaluation.card import CardInputs, render_card
 from pipeline.config import Params, load_params
-from pipeline.export.hf_dir import FILES, verify_export
+from pipeline.export.hf_dir import FILES, WEIGHTS, verify_export
+from pipeline.export.registry import describe_version
 from pipeline.io import atomic_path, read_json, sha256_file, write_text
 from pipeline.model_io import read_model_config
 from pipeline.paths import Paths
-from pipeline.tracking import TRAIN_TIMINGS, git_state, stage_run
+from pipeline.tracking import stage_run
 from stages.common import require, run_main
 
 log = logging.getLogger("stages.card")
 
 LOCKED_STAGES = ("prepare", "tokenize", "train", "export", "evaluate")
+# Outputs whose bytes change with every execution (run ids, wall times): not in the card.
+PER_EXECUTION = ("run.json", "_timing.json")
 PACKAGES = ("torch", "lightning", "transformers", "lm_eval", "huggingface_hub")
 
 
@@ -64,7 +75,11 @@ def read_lock(path: Path) -> dict[str, dict[str, str]]:
         return {}
     stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
     return {
-        name: {out["path"]: out["md5"] for out in stages[name].get("outs", []) if "md5" in out}
+        name: {
+            out["path"]: out["md5"]
+            for out in stages[name].get("outs", [])
+            if "md5" in out and not out["path"].endswith(PER_EXECUTION)
+        }
         for name in LOCKED_STAGES
         if name in stages
     }
@@ -97,15 +112,13 @@ def copy_plots(paths: Paths) -> list[str]:
     return copied
 
 
-def run(
-    params: Params, paths: Paths, runs: dict[str, str], timings: dict[str, float] | None = None
-) -> Path:
-    """Write ``README.md`` and the plots into the export directory; return the README path.
-
-    ``timings``: the training's :data:`~pipeline.tracking.TRAIN_TIMINGS`, from its MLflow run
-    (``metrics/train.json`` holds none: this stage depends on it)."""
+def run(params: Params, paths: Paths) -> Path:
+    """Write ``README.md`` and the plots into the export directory; return the README path."""
     model, vocab_size = read_model_config(paths.model_files)
-    train_metrics = {**read_json(require(paths.train_metrics, "train")), **(timings or {})}
+    train_metrics = {
+        **read_json(require(paths.train_metrics, "train")),
+        **read_json(require(paths.train_timing, "train")),
+    }
     inputs = CardInputs(
         params=params,
         model=model,
@@ -115,9 +128,7 @@ def run(
         train_metrics=train_metrics,
         prepare_stats=read_json(require(paths.prepare_stats, "prepare")),
         tokenize_metrics=read_json(require(paths.tokenize_metrics, "tokenize")),
-        runs=runs,
         lock=read_lock(paths.dvc_lock),
-        git=git_state(),
         environment=environment(train_metrics),
         plots=copy_plots(paths),
     )
@@ -128,10 +139,11 @@ def run(
 def main() -> None:
     params = load_params()
     paths = Paths()
-    with stage_run("card", params, card_inputs(paths), UPSTREAM, paths.card_run) as tracked:
-        measured = tracked.upstream_metrics("train")
-        timings = {key: measured[key] for key in TRAIN_TIMINGS if key in measured}
-        readme = run(params, paths, {**tracked.upstream, "card": tracked.run_id}, timings)
+    inputs = card_inputs(paths)
+    with stage_run("card", params, inputs, UPSTREAM, paths.card_run) as tracked:
+        readme = run(params, paths)
+        card_text = readme.read_text(encoding="utf-8")
+        describe_version(tracked, params.card.model_name, inputs[WEIGHTS], card_text)
         tracked.log_artifact(readme, "model_card")
         for png in sorted(paths.card_plots_dir.rglob("*.png")):
             folder = png.parent.relative_to(paths.hf_dir).as_posix()

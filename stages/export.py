@@ -4,8 +4,11 @@
 (the model as trained, whatever ``params.yaml`` says today) and ``data/tokenizer``, and writes
 ``models/hf/`` (config, generation config, tokenizer, weights in ``card.export_dtype``); which
 architecture is chosen, and which configs are refused, is documented in
-:mod:`pipeline.export.architectures`. The ``card`` stage later adds ``README.md`` and the plots,
-which makes ``models/hf/`` a complete model repository.
+:mod:`pipeline.export.architectures`. The export is logged from this stage's MLflow run as a
+``transformers`` model and registered as a new version of ``card.model_name``
+(:mod:`pipeline.export.registry`, which says what the MLflow artifact store holds). The ``card``
+stage later adds ``README.md`` and the plots, which makes ``models/hf/`` a complete model
+repository, and sets the card as that version's description.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 from pipeline.config import Params, load_params
 from pipeline.data.digests import verify_digests
 from pipeline.export.hf_dir import FILES, WEIGHTS, write_export
+from pipeline.export.registry import register_export
 from pipeline.io import sha256_file
 from pipeline.model_io import load_model
 from pipeline.paths import Paths
@@ -52,9 +56,7 @@ def main() -> None:
         tracked.log_metrics(metrics)
         out = paths.hf_dir
         tracked.set_outputs({name: sha256_file(out / name) for name in FILES})
-        for name in FILES:
-            if name != WEIGHTS:  # the weights are DVC's to store, not the tracking server's
-                tracked.log_artifact(out / name, "hf")
+        register_export(tracked, out, params.card.model_name)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ no stage may depend on them) and ``plots/train/{loss,val,load}.csv``. An upcycle
 SHA-256 (``input.model.sha256``) and, when found, the run that trained it
 (``upstream.train.run_id``). With several processes (``train.runtime.devices``)
 Lightning re-executes this module in each extra one; only global rank zero opens an MLflow run
-or writes files.
+or writes files; its run also holds the machine's ``system/...`` metrics (CPU, memory, GPU
+where ``nvidia-ml-py`` finds one) sampled during training
+(:meth:`pipeline.tracking.StageRun.system_metrics`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,16 @@ from stages.common import run_main
 log = logging.getLogger(__name__)
 
 
-def run(params: Params, paths: Paths, run_key: str, mlflow_run_id: str | None = None) -> dict:
+def run(
+    params: Params,
+    paths: Paths,
+    run_key: str,
+    mlflow_run_id: str | None = None,
+    dense_sha256: str | None = None,
+) -> dict:
     """Train; on global rank zero write the metrics and plot files. Returns the metrics, with
-    the unigram entropy of the training tokens beside the losses for scale.
+    the unigram entropy of the training tokens beside the losses for scale, and for an upcycled
+    run the dense weights' SHA-256 (``upcycled_from_sha256``: the card names them from here).
 
     With ``mlflow_run_id``, Lightning's MLFlowLogger logs the step metrics into that run (the
     tracking URI is passed explicitly: left alone it would fall back to a file store).
@@ -46,6 +55,8 @@ def run(params: Params, paths: Paths, run_key: str, mlflow_run_id: str | None = 
     if result.is_global_zero:
         train_split = open_split(paths.token_split("train"), verify=False)  # verified at setup
         result.metrics["unigram_entropy"] = unigram_entropy(train_split)
+        if dense_sha256 is not None:
+            result.metrics["upcycled_from_sha256"] = dense_sha256
         computed, timings = split_timings(result.metrics, TRAIN_TIMINGS)
         write_outputs(paths, computed, result.history)
         write_json(paths.train_timing, timings)
@@ -79,7 +90,8 @@ def main() -> None:
     with stage_run("train", params, inputs, upstream, paths.train_run) as tracked:
         if source is not None:
             tracked.set_tags(source.tags())
-        metrics = run(params, paths, run_key, mlflow_run_id=tracked.run_id)
+        with tracked.system_metrics():  # CPU, memory, GPU: rank zero's machine
+            metrics = run(params, paths, run_key, tracked.run_id, dense_sha256)
         tracked.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         tracked.set_outputs(
             {

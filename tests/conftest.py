@@ -104,14 +104,19 @@ def pytest_collection_modifyitems(config, items):
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def stage_env(mlflow_uri) -> dict[str, str]:
+def stage_environment(mlflow_uri: str) -> dict[str, str]:
     """The environment of a stage subprocess: this venv first on PATH, this checkout importable,
-    the test's MLflow store."""
+    the MLflow store ``mlflow_uri``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "test"}
     env["PYTHONPATH"] = str(REPO)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env
+
+
+@pytest.fixture
+def stage_env(mlflow_uri) -> dict[str, str]:
+    """:func:`stage_environment` with the test's MLflow store."""
+    return stage_environment(mlflow_uri)
 
 
 @dataclass
@@ -155,22 +160,35 @@ def merge_params() -> Callable[[dict, dict], dict]:
     return merge
 
 
+def new_scratch_repo(path: Path, env: dict[str, str], override: dict) -> ScratchRepo:
+    """The project's params.yaml with ``override`` merged in, committed in a fresh git + DVC
+    repository at ``path`` whose commands run in ``env``."""
+    repo = ScratchRepo(path, {**env, "DVC_NO_ANALYTICS": "1"})
+    for package in ("pipeline", "stages", "evaluation"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / package, repo.path / package, ignore=ignore)
+    shutil.copy(REPO / "dvc.yaml", repo.path)
+    repo.set_params(merge(yaml.safe_load((REPO / "params.yaml").read_text()), override))
+    repo.git("init", "-q")
+    repo.dvc("init", "-q")
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "scratch")
+    return repo
+
+
 @pytest.fixture
 def make_scratch_repo(tmp_path, stage_env) -> Callable[..., ScratchRepo]:
-    """``make_scratch_repo(params_override, name="repo")``: the project's params.yaml with the
-    override merged in, committed in a fresh git + DVC repository."""
+    """``make_scratch_repo(params_override, name="repo")``: :func:`new_scratch_repo` in the
+    test's temporary directory, tracking into the test's MLflow store."""
 
     def make(override: dict, name: str = "repo") -> ScratchRepo:
-        repo = ScratchRepo(tmp_path / name, {**stage_env, "DVC_NO_ANALYTICS": "1"})
-        for package in ("pipeline", "stages", "evaluation"):
-            ignore = shutil.ignore_patterns("__pycache__")
-            shutil.copytree(REPO / package, repo.path / package, ignore=ignore)
-        shutil.copy(REPO / "dvc.yaml", repo.path)
-        repo.set_params(merge(yaml.safe_load((REPO / "params.yaml").read_text()), override))
-        repo.git("init", "-q")
-        repo.dvc("init", "-q")
-        repo.git("add", "-A")
-        repo.git("commit", "-qm", "scratch")
-        return repo
+        return new_scratch_repo(tmp_path / name, stage_env, override)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def scratch_repo_at() -> Callable[[Path, dict, str], ScratchRepo]:
+    """``scratch_repo_at(path, params_override, mlflow_uri)``: :func:`new_scratch_repo` for
+    fixtures that outlive one test (module-scoped pipeline workspaces)."""
+    return lambda path, override, uri: new_scratch_repo(path, stage_environment(uri), override)

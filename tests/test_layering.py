@@ -23,6 +23,7 @@ LAYER_OF = {
     "pipeline.config": "base",
     "pipeline.paths": "base",
     "pipeline.tracking": "base",
+    "pipeline.executions": "base",
     "pipeline.data": "data",
     "pipeline.kernels": "kernels",
     "pipeline.ops": "ops",

@@ -86,3 +86,39 @@ def test_the_same_weights_load_under_another_backend(model, tmp_path):
         ]
     # fp32: per-expert loops vs grouped GEMMs, the same arithmetic in another order.
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def _safetensors_with_metadata_order(path, keys: list[str]) -> None:
+    """A one-tensor safetensors file whose header lists the metadata ``keys`` in that order, as
+    safetensors' own writer may (its metadata map's order is drawn per process)."""
+    data = torch.arange(4, dtype=torch.float32).numpy().tobytes()
+    header = {
+        "__metadata__": {key: f"value of {key}" for key in keys},
+        "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, len(data)]},
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text = text.ljust(-(-len(text) // 8) * 8, b" ")
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_the_weights_header_is_canonical_whatever_order_the_writer_drew(tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline.io import canonical_safetensors
+
+    one, other = tmp_path / "one.safetensors", tmp_path / "other.safetensors"
+    _safetensors_with_metadata_order(one, ["identity", "format"])
+    _safetensors_with_metadata_order(other, ["format", "identity"])
+    assert one.read_bytes() != other.read_bytes()
+    for path in (one, other):
+        canonical_safetensors(path)
+    assert one.read_bytes() == other.read_bytes()
+    assert torch.equal(load_file(one)["w"], torch.arange(4, dtype=torch.float32))
+
+
+def test_saved_weights_list_their_metadata_sorted(model, tmp_path):
+    files = ModelFiles.in_dir(tmp_path)
+    save_model(model, model_identity(model.cfg, model.vocab_size), files)
+    raw = files.weights.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])

@@ -208,7 +208,10 @@ def test_bad_input_file_exits_2_and_marks_the_run_failed(tmp_path, mlflow_uri, s
     )
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    stage_runs = [r for r in runs if r.data.tags.get("pipeline.stage") == "prepare"]
+    assert [r.info.status for r in stage_runs] == ["FAILED"]
+    parents = [r for r in runs if "pipeline.stage" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["FAILED"]
 
 
 @pytest.fixture

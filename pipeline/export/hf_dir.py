@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pipeline.export.architectures import ExportError, hf_config, hf_state_dict
-from pipeline.io import sha256_file
+from pipeline.io import canonical_safetensors, sha256_file
 from pipeline.model import MoETransformer
 
 WEIGHTS = "model.safetensors"
@@ -56,8 +56,10 @@ def write_export(model: MoETransformer, tokenizer_dir: Path, out_dir: Path, dtyp
     """Export ``model`` (and the tokenizer saved in ``tokenizer_dir``) into ``out_dir``."""
     from transformers import GenerationConfig, PreTrainedTokenizerFast
 
+    # local_files_only given, not inferred: transformers saves it into tokenizer_config.json, and
+    # inferred it follows HF_HUB_OFFLINE, so the same export got other bytes on another machine.
     tokenizer = PreTrainedTokenizerFast.from_pretrained(
-        str(tokenizer_dir), model_max_length=model.cfg.max_seq_len
+        str(tokenizer_dir), model_max_length=model.cfg.max_seq_len, local_files_only=True
     )
     if tokenizer.eos_token_id is None:
         raise ExportError(f"{tokenizer_dir}: the tokenizer defines no eos_token (re-run tokenize)")
@@ -77,6 +79,7 @@ def write_export(model: MoETransformer, tokenizer_dir: Path, out_dir: Path, dtyp
             "tensors": tensor_digest(tensors),
         }
         save_file(tensors, tmp / WEIGHTS, {"format": "pt", MANIFEST_KEY: json.dumps(manifest)})
+        canonical_safetensors(tmp / WEIGHTS)
         for name in FILES:  # the weights last: see the module docstring
             os.chmod(tmp / name, 0o644)
             os.replace(tmp / name, out_dir / name)

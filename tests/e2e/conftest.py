@@ -1,9 +1,11 @@
-"""Fixtures of the pipeline-level tests: tiny full-pipeline params and a live MLflow server."""
+"""Fixtures of the pipeline-level tests: tiny full-pipeline params, a live MLflow server, and
+MLflow's UI in headless Chromium."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +49,10 @@ TINY_PIPELINE = {
 }
 
 SERVER_START_SECONDS = 90
+# MLflow's UI is a React app of several MB of JavaScript: on two busy cores a page takes tens of
+# seconds to parse and render, so every wait is this long (and bounded).
+BROWSER_WAIT_SECONDS = 120
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 def _free_port() -> int:
@@ -101,7 +107,12 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         ],  # fmt: skip
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        # no job runner: eight huey worker processes for GenAI jobs the pipeline never submits
+        env={
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
@@ -128,3 +139,119 @@ def _wait_healthy(uri: str, server: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(
         f"mlflow server not healthy after {SERVER_START_SECONDS} s:\n{log.read_text()}"
     )
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    """Headless Chromium under Selenium, through the chromedriver on PATH (Debian's ``chromium``
+    and ``chromium-driver``; .ci/run installs them as root). Skips only where either is missing."""
+    browser = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip(
+            "no Chromium and chromedriver on PATH: apt-get install chromium chromium-driver "
+            "(.ci/run does so when it runs as root)"
+        )
+    from selenium import webdriver  # here: bench/gpu_steps.py reads this file for TINY_PIPELINE
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+        "--disable-dev-shm-usage",  # containers often have a 64 MB /dev/shm
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver.set_page_load_timeout(BROWSER_WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+CSS, XPATH = "css selector", "xpath"  # the values of Selenium's By.CSS_SELECTOR and By.XPATH
+RUN_NAME = "[role=gridcell][col-id='attributes.`Run Name`']"  # a cell of the runs table
+CURVE = ".js-plotly-plot .scatterlayer .trace"  # a line of a Plotly line chart
+
+
+class MlflowUi:
+    """MLflow's React UI in a Selenium driver: explicit waits (``BROWSER_WAIT_SECONDS``) for
+    elements found by their text; on a timeout a screenshot and the page's text in the failure."""
+
+    def __init__(self, driver, uri: str, screenshots: Path) -> None:
+        self.driver, self.uri, self.screenshots = driver, uri, screenshots
+        self.wait_s = BROWSER_WAIT_SECONDS
+
+    def open(self, route: str) -> None:
+        self.driver.get(f"{self.uri}/{route}")
+
+    def text(self) -> str:
+        return self.driver.find_element(CSS, "body").text
+
+    def shown(self, text: str) -> list:
+        """The elements whose whole text is ``text``."""
+        return self.driver.find_elements(XPATH, f"//*[normalize-space()='{text}']")
+
+    def run_names(self) -> list[str]:
+        """The run names the runs table shows."""
+        return [link.text for link in self.driver.find_elements(CSS, f"{RUN_NAME} a")]
+
+    def curves(self) -> int:
+        """How many lines the page's line charts draw."""
+        return len(self.driver.find_elements(CSS, CURVE))
+
+    def wait(self, what: str, condition):
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        waiting = WebDriverWait(
+            self.driver, self.wait_s, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        try:
+            return waiting.until(condition)
+        except TimeoutException:
+            shot = self.screenshots / "timeout.png"
+            self.driver.save_screenshot(str(shot))
+            pytest.fail(
+                f"{what}: not shown within {self.wait_s} s at {self.driver.current_url} "
+                f"(screenshot {shot}); the page reads:\n{self.text()[:3000]}"
+            )
+
+    def wait_for_chart(self, *texts: str) -> None:
+        """Until a Plotly chart on the page shows every one of ``texts`` (axes, legend)."""
+
+        def drawn(driver) -> bool:
+            charts = driver.find_elements(CSS, ".js-plotly-plot")
+            return any(all(text in chart.text for text in texts) for chart in charts)
+
+        self.wait(f"a chart showing {', '.join(texts)}", drawn)
+
+    def table_row(self, header: str) -> list[str]:
+        """The cells of the table row headed ``header`` (compare page: one cell per run)."""
+        row = f"//tr[./th[normalize-space()='{header}']]"
+        self.wait(f"the row {header!r}", lambda d: d.find_elements(XPATH, row))
+        return [cell.text for cell in self.driver.find_elements(XPATH, f"{row}/td")]
+
+    def expand_parent_rows(self) -> None:
+        """Show the runs nested under parent runs, one expand button per parent row."""
+        expanders = f"{RUN_NAME} button"  # a parent's row only: its child runs start collapsed
+        count = len(self.driver.find_elements(CSS, expanders))
+        for index in range(count):  # each click re-renders the table: find the buttons again
+            self.driver.find_elements(CSS, expanders)[index].click()
+
+    def screenshot(self, name: str) -> None:
+        for close in self.driver.find_elements(CSS, "button[aria-label='Close']"):
+            close.click()  # the assistant side panel: it only hides the page
+        self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
+
+
+@pytest.fixture
+def mlflow_ui(chromium, tmp_path):
+    """``mlflow_ui(uri)``: :class:`MlflowUi` over the server at ``uri`` in headless Chromium,
+    saving screenshots into the test's temporary directory."""
+    screenshots = tmp_path / "screenshots"
+    screenshots.mkdir()
+    return lambda uri: MlflowUi(chromium, uri, screenshots)

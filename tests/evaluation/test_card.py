@@ -49,7 +49,8 @@ def evaluated(tmp_path_factory, data_root, model):
     write_export(model, paths.tokenizer_dir, paths.hf_dir, "float32")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     evaluate.run(parse_params(PARAMS), paths)
-    counts = model.num_params()  # the timings are in the train run (TIMINGS), not in this file
+    counts = model.num_params()  # the timings are in their own file (TIMINGS), not this one
+    write_json(paths.train_timing, TIMINGS)
     write_json(paths.train_metrics, {
         "params_total": counts["total"], "params_active": counts["active"], "steps": 7,
         "train_loss": 4.2, "val_loss": 4.4, "peak_flops_source": "measured",
@@ -58,7 +59,9 @@ def evaluated(tmp_path_factory, data_root, model):
                                                           "sha256": "ab" * 32}}})  # fmt: skip
     write_json(paths.tokenize_metrics, {"train": {"tokens": 321}})
     write_json(root / "dvc.lock", {"schema": "2.0", "stages": {
-        "train": {"outs": [{"path": "models/model.safetensors", "md5": "f" * 32}]}}})  # fmt: skip
+        "train": {"outs": [{"path": "models/model.safetensors", "md5": "f" * 32},
+                           {"path": "models/run.json", "md5": "e" * 32},
+                           {"path": "metrics/train_timing.json", "md5": "d" * 32}]}}})  # fmt: skip
     return root
 
 
@@ -112,11 +115,12 @@ def test_card_metadata_parses_back_to_the_eval_numbers(evaluated, mlflow_uri, mo
     for image in ("plots/expert_load.png", "plots/specialisation/layer0.png"):
         assert f"]({image})" in text and (repo / image).is_file()
     card_run = read_json(repo.parent / "card_run.json")
-    assert card_run["upstream"] == upstream
+    assert card_run["upstream"] == upstream  # the lineage is MLflow's ...
     for run_id in (*upstream.values(), card_run["run_id"]):
-        assert f"`{run_id}`" in text
+        assert run_id not in text  # ... not the card's: another store, the same card
     assert "`" + "f" * 32 + "`" in text  # the dvc.lock hash
-    assert "3456" in text and "0.0123" in text  # tokens/s and MFU from the train run
+    assert "e" * 32 not in text and "d" * 32 not in text  # per-execution outputs left out
+    assert "3456" in text and "0.0123" in text  # tokens/s and MFU from the timing file
     assert "peak 1 FLOP/s per device (measured)" in text  # its peak, the source from the file
     assert r"`<\|endoftext\|>`" in text  # a pipe inside a table cell is escaped
 
@@ -135,7 +139,7 @@ def test_card_refuses_a_damaged_export(evaluated, tmp_path):
     paths = Paths(root=root)
     (paths.hf_dir / "config.json").write_text("{}")
     with pytest.raises(Exception, match=r"\['config\.json'\] differ"):
-        card.run(parse_params(PARAMS), paths, {})
+        card.run(parse_params(PARAMS), paths)
 
 
 # --------------------------------------------------------------------------- dvc.yaml wiring
@@ -198,8 +202,9 @@ def test_the_card_names_the_dense_model_an_upcycled_run_started_from():
     upcycled = parse_params(
         {"train": {"init": {"upcycle_from": "dense/models", "method": "drop", "drop_ratio": 0.25}}}
     )
-    text = initial_weights(SimpleNamespace(params=upcycled, runs={"train": "abc123"}))
+    trained = {"upcycled_from_sha256": "abc123"}  # metrics/train.json of an upcycled run
+    text = initial_weights(SimpleNamespace(params=upcycled, train_metrics=trained))
     assert "`dense/models`" in text and "0.25 of each expert's units" in text
-    assert "upcycle.weights_sha256" in text and "`abc123`" in text
-    scratch = SimpleNamespace(params=parse_params({}), runs={})
+    assert "weights SHA-256 `abc123`" in text and "upstream.train.run_id" in text
+    scratch = SimpleNamespace(params=parse_params({}), train_metrics={})
     assert initial_weights(scratch) == "random (from scratch)"

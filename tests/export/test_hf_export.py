@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.export.architectures import ExportError, choose_architecture
-from pipeline.export.hf_dir import WEIGHTS, verify_export, write_export
+from pipeline.export.hf_dir import FILES, WEIGHTS, verify_export, write_export
 
 from .conftest import tiny_config, tiny_model
 
@@ -168,6 +168,20 @@ def test_export_keeps_other_files_and_replaces_its_own(tmp_path, tokenizer_dir, 
     assert (out / "README.md").read_text() == "card"
     assert not verify_export(out)["tie_word_embeddings"]
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_the_export_bytes_do_not_depend_on_the_hub_setting(
+    offline, tmp_path, tokenizer_dir, vocab_size, monkeypatch
+):
+    import huggingface_hub.constants
+
+    _, reference = export(tmp_path / "reference", tokenizer_dir, vocab_size)
+    # HF_HUB_OFFLINE as huggingface_hub read it at import time, what transformers consults
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    _, out = export(tmp_path / "here", tokenizer_dir, vocab_size)
+    for name in FILES:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def damage_truncate(out):
