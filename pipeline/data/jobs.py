@@ -22,8 +22,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,41 +96,48 @@ def run_tasks(
     ones (spawned, so no thread pool or open file is inherited; ``env`` is set in each).
 
     This process is one of the workers because a spawned one first pays its start-up (the
-    interpreter and the imports, ~0.4 CPU s for prepare), which this one has already paid: the
-    pool takes the tasks from the front, this process from the back, each taking only tasks the
-    pool has not started (a future is cancellable until then), so the two meet where the work
-    is split evenly whatever the start-up costs. The first failure cancels the tasks not started
-    and is raised."""
+    interpreter and the imports, ~0.4 CPU s for prepare), which this one has already paid. Every
+    worker takes the next task of the one sequence when it is free (a thread here feeds each
+    spawned process one task at a time, so none holds a queue of tasks another could be doing):
+    the work ends within one task of even, whatever the start-up costs. The first failure stops
+    the handing out of tasks and is raised."""
     if workers == 1 or len(args) <= 1:
         return [work(*a) for a in args]
+    spawned = min(workers, len(args)) - 1
+    tasks = iter(range(len(args)))
+    lock, failed = threading.Lock(), threading.Event()
+    results: dict[int, T] = {}
+
+    def next_task() -> int | None:
+        with lock:
+            return None if failed.is_set() else next(tasks, None)
+
+    def drain(run_one: Callable[[int], T]) -> None:
+        while (index := next_task()) is not None:
+            try:
+                results[index] = run_one(index)
+            except BaseException:
+                failed.set()
+                raise
+
     pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(args)) - 1,
+        max_workers=spawned,
         mp_context=get_context("spawn"),
         initializer=_set_env,
         initargs=(env or {},),
     )
-    with pool:
-        futures = [pool.submit(work, *a) for a in args]
-        results: dict[int, T] = {}
+    with pool, ThreadPoolExecutor(spawned) as feeders:
+        fed = [
+            feeders.submit(drain, lambda i: pool.submit(work, *args[i]).result())
+            for _ in range(spawned)
+        ]
         try:
-            for index in reversed(range(len(args))):
-                if _failed(futures[:index]) or not futures[index].cancel():
-                    break  # the pool failed, or has this task: the rest is the pool's
-                results[index] = work(*args[index])
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        theirs = [f for f in futures if not f.cancelled()]
-        done, _ = wait(theirs, return_when=FIRST_EXCEPTION)
-        failed = [f for f in theirs if f in done and f.exception() is not None]
-        if failed:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise failed[0].exception()
-        return [results[i] if f.cancelled() else f.result() for i, f in enumerate(futures)]
-
-
-def _failed(futures: Sequence[Future]) -> bool:
-    return any(f.done() and f.exception() is not None for f in futures)
+            drain(lambda i: work(*args[i]))
+        finally:
+            wait(fed)
+        for feeder in fed:
+            feeder.result()  # a spawned worker's failure
+    return [results[i] for i in range(len(args))]
 
 
 def _set_env(env: dict[str, str]) -> None:

@@ -27,11 +27,9 @@ def test_two_workers_are_this_process_and_one_spawned_and_keep_the_order():
     results = run_tasks(square_where, tasks, workers=2)
     assert [value for value, _ in results] == [x * x for x in range(12)]
     pids = [pid for _, pid in results]
-    # The pool holds the first task from submission on and this process starts from the back.
-    assert pids[-1] == os.getpid()
-    assert pids[0] != os.getpid()
-    # Each side's tasks are one run from its end: the two meet once.
-    assert pids == sorted(pids, key=lambda pid: pid == os.getpid())
+    assert len(set(pids)) == 2 and os.getpid() in pids
+    # This process starts at once, the spawned one after its start-up: it does the larger part.
+    assert pids.count(os.getpid()) >= len(pids) / 2
 
 
 def test_one_worker_runs_everything_here():
@@ -39,7 +37,7 @@ def test_one_worker_runs_everything_here():
     assert {pid for _, pid in results} == {os.getpid()}
 
 
-@pytest.mark.parametrize("bad", [0, 7], ids=["in-the-pool", "in-this-process"])
+@pytest.mark.parametrize("bad", [0, 7], ids=["the-first-task", "the-last-task"])
 def test_a_failing_task_is_raised_from_either_side(bad):
     with pytest.raises(ValueError, match=f"task {bad} failed"):
         run_tasks(fail_at, [(x, bad) for x in range(8)], workers=2)
