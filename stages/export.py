@@ -55,8 +55,9 @@ def main() -> None:
         metrics = run(params, paths)
         tracked.log_metrics(metrics)
         out = paths.hf_dir
-        tracked.set_outputs({name: sha256_file(out / name) for name in FILES})
-        register_export(tracked, out, params.card.model_name)
+        outputs = {name: sha256_file(out / name) for name in FILES}
+        tracked.set_outputs(outputs)
+        register_export(tracked, out, params.card.model_name, outputs[WEIGHTS])
 
 
 if __name__ == "__main__":

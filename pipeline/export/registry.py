@@ -50,8 +50,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.export.hf_dir import WEIGHTS
-from pipeline.io import sha256_file
 from pipeline.tracking import StageRun, git_state
 
 log = logging.getLogger(__name__)
@@ -95,13 +93,14 @@ def version_tags(run: StageRun, weights_sha256: str) -> dict[str, str]:
     return {**tags, WEIGHTS_TAG: weights_sha256}
 
 
-def register_export(run: StageRun, hf_dir: Path, model_name: str) -> str:
+def register_export(run: StageRun, hf_dir: Path, model_name: str, weights_sha256: str) -> str:
     """Log the export in ``hf_dir`` as a ``transformers`` model of the export stage's ``run`` and
-    register it as a new version of ``model_name``; return the version."""
+    register it as a new version of ``model_name``; return the version. ``weights_sha256``: of
+    ``hf_dir``'s weights, as the export run tags them."""
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tags = version_tags(run, sha256_file(hf_dir / WEIGHTS))
+    tags = version_tags(run, weights_sha256)
     checkpoint = str(hf_dir.resolve())  # absolute: see "No hub access"
     components = {
         "model": AutoModelForCausalLM.from_pretrained(checkpoint),

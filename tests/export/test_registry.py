@@ -49,7 +49,7 @@ def export_and_register(tmp_path, tokenizer_dir, vocab_size, variant: str, **ove
     upstream = {"train": ("model",)}
     run_file = tmp_path / f"{variant}-export.json"
     with tracking.stage_run("export", Params(), trained, upstream, run_file) as run:
-        version = register_export(run, out, NAME)
+        version = register_export(run, out, NAME, sha256_file(out / WEIGHTS))
     assert run.upstream == {"train": train.run_id}
     return out, run, version
 
