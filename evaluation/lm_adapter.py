@@ -7,8 +7,8 @@ as ``HFLM`` would score its Hugging Face export; only the three model calls are 
 
 * ``_loglikelihood_tokens``: the continuation's log-probabilities summed, and whether greedy
   decoding would have produced it. Each distinct input row runs once (the one-token choices of an
-  item share theirs), longest first in batches, right-padded with the end-of-text token: the attention is causal, so padding after a sequence cannot change its
-  logits, and the model evaluates with dropless routing (see :func:`pipeline.model_io.load_model`),
+  item share theirs), longest first in batches, right-padded with the end-of-text token: the
+  attention is causal, so padding after a sequence cannot change its logits, and the model evaluates with dropless routing (see :func:`pipeline.model_io.load_model`),
   so padding tokens cannot take an expert slot from a real token either.
 * ``loglikelihood_rolling``: the harness's disjoint rolling windows of ``max_length`` tokens
   (each token predicted once, the first conditioned on end-of-text), summed per document.

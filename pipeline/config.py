@@ -158,9 +158,8 @@ class TokenizeConfig(Section):
     num_workers: int = Field(
         1,
         ge=1,
-        description="processes encoding shards in parallel (this one and num_workers - 1 "
-        "spawned ones, each with cpu_count / num_workers tokenizer threads, or "
-        "RAYON_NUM_THREADS); outputs do not depend on it",
+        description="processes encoding shards in parallel, each with cpu_count / num_workers "
+        "tokenizer threads (RAYON_NUM_THREADS if set); outputs do not depend on it",
     )
 
     @model_validator(mode="after")

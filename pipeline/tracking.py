@@ -26,6 +26,7 @@ their digest (``pipeline.params_digest``), and the installed package versions
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -149,7 +150,7 @@ class StageRun:
     upstream: dict[str, str] = field(default_factory=dict)
     parent_id: str | None = None
 
-    @property
+    @functools.cached_property
     def client(self):
         from mlflow.tracking import MlflowClient
 

@@ -11,7 +11,7 @@ version holding these weights (:func:`~pipeline.export.registry.describe_version
 The card is a function of the files DVC gives this stage: a teammate's ``git clone`` + ``dvc
 pull`` regenerates it byte for byte, whatever MLflow store or commit they have. So it names no
 run id and no commit (the registered version's tags do), and from ``dvc.lock`` it lists only the
-outputs that hold content, not those that change with every execution (:data:`PER_EXECUTION`).
+outputs that hold content, not those that change with every execution (:func:`per_execution`).
 The timing file is a dependency of this stage alone: nothing else reads it, so a re-run of
 train that wrote the same weights re-runs the card only.
 
@@ -43,8 +43,16 @@ from stages.common import require, run_main
 log = logging.getLogger("stages.card")
 
 LOCKED_STAGES = ("prepare", "tokenize", "train", "export", "evaluate")
-# Outputs whose bytes change with every execution (run ids, wall times): not in the card.
-PER_EXECUTION = ("run.json", "_timing.json")
+
+
+def per_execution(paths: Paths) -> set[str]:
+    """The outputs whose bytes change with every execution (run ids, wall times), as ``dvc.lock``
+    names them: not in the card."""
+    files = (paths.prepare_run, paths.tokenize_run, paths.train_run, paths.export_run,
+             paths.eval_run, paths.tokenize_timing, paths.train_timing)  # fmt: skip
+    return {f.relative_to(paths.root).as_posix() for f in files}
+
+
 PACKAGES = ("torch", "lightning", "transformers", "lm_eval", "huggingface_hub")
 
 
@@ -69,8 +77,10 @@ UPSTREAM = {
 }
 
 
-def read_lock(path: Path) -> dict[str, dict[str, str]]:
-    """``{stage: {out path: md5}}`` for the upstream stages (empty without a ``dvc.lock``)."""
+def read_lock(paths: Paths) -> dict[str, dict[str, str]]:
+    """``{stage: {out path: md5}}`` for the upstream stages' content outputs (empty without a
+    ``dvc.lock``)."""
+    path, skipped = paths.dvc_lock, per_execution(paths)
     if not path.is_file():
         return {}
     stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
@@ -78,7 +88,7 @@ def read_lock(path: Path) -> dict[str, dict[str, str]]:
         name: {
             out["path"]: out["md5"]
             for out in stages[name].get("outs", [])
-            if "md5" in out and not out["path"].endswith(PER_EXECUTION)
+            if "md5" in out and out["path"] not in skipped
         }
         for name in LOCKED_STAGES
         if name in stages
@@ -128,7 +138,7 @@ def run(params: Params, paths: Paths) -> Path:
         train_metrics=train_metrics,
         prepare_stats=read_json(require(paths.prepare_stats, "prepare")),
         tokenize_metrics=read_json(require(paths.tokenize_metrics, "tokenize")),
-        lock=read_lock(paths.dvc_lock),
+        lock=read_lock(paths),
         environment=environment(train_metrics),
         plots=copy_plots(paths),
     )

@@ -95,7 +95,8 @@ def run_tasks(
     """``[work(*a) for a in args]`` in ``workers`` processes: this one and ``workers - 1`` fresh
     ones (spawned, so no thread pool or open file is inherited; ``env`` is set in each).
 
-    This process is one of the workers because a spawned one first pays its start-up (the
+    This process is one of the workers (unless ``env`` is given) because a spawned one first
+    pays its start-up (the
     interpreter and the imports, ~0.4 CPU s for prepare), which this one has already paid. Every
     worker takes the next task of the one sequence when it is free (a thread here feeds each
     spawned process one task at a time, so none holds a queue of tasks another could be doing):
@@ -103,7 +104,10 @@ def run_tasks(
     the handing out of tasks and is raised."""
     if workers == 1 or len(args) <= 1:
         return [work(*a) for a in args]
-    spawned = min(workers, len(args)) - 1
+    # With a per-worker ``env`` (tokenizer threads) this process, whose thread pools exist
+    # already, would run with its own: then every worker is a spawned one.
+    here = not env
+    spawned = min(workers, len(args)) - here
     tasks = iter(range(len(args)))
     lock, failed = threading.Lock(), threading.Event()
     results: dict[int, T] = {}
@@ -132,7 +136,8 @@ def run_tasks(
             for _ in range(spawned)
         ]
         try:
-            drain(lambda i: work(*args[i]))
+            if here:
+                drain(lambda i: work(*args[i]))
         finally:
             wait(fed)
         for feeder in fed:

@@ -16,9 +16,10 @@ def square_where(x: int, seconds: float) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
-def fail_at(x: int, bad: int) -> int:
-    if x == bad:
+def fail_in(x: int, parent: int, in_spawned: bool) -> int:
+    if (os.getpid() != parent) == in_spawned:
         raise ValueError(f"task {x} failed")
+    time.sleep(0.05)
     return x
 
 
@@ -37,7 +38,12 @@ def test_one_worker_runs_everything_here():
     assert {pid for _, pid in results} == {os.getpid()}
 
 
-@pytest.mark.parametrize("bad", [0, 7], ids=["the-first-task", "the-last-task"])
-def test_a_failing_task_is_raised_from_either_side(bad):
-    with pytest.raises(ValueError, match=f"task {bad} failed"):
-        run_tasks(fail_at, [(x, bad) for x in range(8)], workers=2)
+@pytest.mark.parametrize("in_spawned", [True, False], ids=["spawned", "this-process"])
+def test_a_failing_task_is_raised_from_either_side(in_spawned):
+    with pytest.raises(ValueError, match="failed"):
+        run_tasks(fail_in, [(x, os.getpid(), in_spawned) for x in range(8)], workers=2)
+
+
+def test_with_a_per_worker_environment_every_worker_is_spawned():
+    results = run_tasks(square_where, [(x, 0.0) for x in range(4)], 2, {"MOE_TEST": "1"})
+    assert os.getpid() not in {pid for _, pid in results}

@@ -71,8 +71,11 @@ def test_one_token_choices_share_one_forward_and_score_as_if_alone(lm, model, mo
     scored = lm._loglikelihood_tokens([(None, context, c) for c in choices] + [other])
     assert sum(forwards) == 2  # the shared context's row once, the other request's once
     logprobs = next_logprobs(model, context)
-    for choice, (logprob, _) in zip(choices, scored, strict=False):
+    for choice, (logprob, _) in zip(choices, scored[:-1], strict=True):
         assert logprob == pytest.approx(logprobs[choice[0]].item(), **TOL)
+    _, ctx, cont = other  # the request in the other row of the batch
+    direct = sum(next_logprobs(model, ctx + cont[:j])[cont[j]].item() for j in range(len(cont)))
+    assert scored[-1][0] == pytest.approx(direct, **TOL)
 
 
 def _counting(forward, rows: list[int]):

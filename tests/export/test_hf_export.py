@@ -170,18 +170,18 @@ def test_export_keeps_other_files_and_replaces_its_own(tmp_path, tokenizer_dir, 
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary directory left
 
 
-@pytest.mark.parametrize("offline", [True, False])
 def test_the_export_bytes_do_not_depend_on_the_hub_setting(
-    offline, tmp_path, tokenizer_dir, vocab_size, monkeypatch
+    tmp_path, tokenizer_dir, vocab_size, monkeypatch
 ):
     import huggingface_hub.constants
 
-    _, reference = export(tmp_path / "reference", tokenizer_dir, vocab_size)
-    # HF_HUB_OFFLINE as huggingface_hub read it at import time, what transformers consults
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
-    _, out = export(tmp_path / "here", tokenizer_dir, vocab_size)
+    exports = []
+    for offline in (True, False):
+        # HF_HUB_OFFLINE as huggingface_hub read it at import time, what transformers consults
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        exports.append(export(tmp_path / str(offline), tokenizer_dir, vocab_size)[1])
     for name in FILES:
-        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+        assert (exports[0] / name).read_bytes() == (exports[1] / name).read_bytes(), name
 
 
 def damage_truncate(out):
