@@ -2,6 +2,7 @@
 
     python bench/step_profile.py                  # params.yaml's train section, steps 11-30
     python bench/step_profile.py --first 5 --steps 5    # quick look
+    python bench/step_profile.py --shape mid --first 3 --steps 5   # the issue-18 mid-size model
 
 Trains the ``params.yaml`` model with the project's trainer (:func:`pipeline.train.trainer.train`:
 the data module, every callback, the optimizer, the monitor's logging) on random token files of
@@ -14,8 +15,9 @@ charged, by its self time, to one category:
   ``record_function`` ranges: fetching the batch (data loading), the callbacks' hooks
   (logging/callbacks), the optimizer step outside the closure (optimizer: clipping, AdamW,
   zero_grad), the training step and backward (the model), the rest of the loop;
-- inside the model, ranges opened by forward hooks on the attention modules, the MoE layers and
-  the LM head; a backward op belongs to the category of the forward op that made its autograd
+- inside the model, ranges opened by forward hooks on the attention modules and the MoE layers;
+  the head and the loss are one autograd function (its GEMMs are the head's, the rest the
+  loss's: it forms the gradients in its forward); a backward op belongs to the category of the forward op that made its autograd
   node (the profiler's sequence numbers); matrix products are told apart from the rest (SDPA's
   kernels, elementwise work); inside the experts' autograd function, matrix products are the
   experts' GEMMs, the row gather/scatter is dispatch, the rest is the SwiGLU elementwise work.
@@ -39,6 +41,7 @@ from lightning.pytorch.profilers import Profiler
 from timing import matmul_peak
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
+from train_throughput import train_config
 
 from pipeline.config import load_params
 from pipeline.data.shards import write_split
@@ -51,6 +54,7 @@ LABELS = {Attention: "## attention", MoELayer: "## moe"}  # and others by name, 
 GEMMS = ("aten::mm", "aten::_grouped_mm", "aten::bmm", "aten::addmm")
 GATHER_SCATTER = ("aten::index_select", "aten::index_add_", "aten::index_add")
 EXPERTS_FORWARD, EXPERTS_BACKWARD = "_GroupedSwiGLU", "_GroupedSwiGLUBackward"
+HEAD_LOSS = "_LinearCrossEntropy"  # the head and the loss, one op (forms its gradients too)
 ATTENTION_GEMMS, SDPA, ATTENTION_REST = (
     "attention: q/k/v/o projection GEMMs",
     "attention: SDPA kernel (flash, forward + backward)",
@@ -62,10 +66,10 @@ EXPERT_GEMMS, SWIGLU, ROUTING = (
     "routing + dispatch (router, losses, statistics, sort, gather, combine)",
 )
 HEAD, NORMS, EMBEDDING, LOSS, OTHER_MODEL = (
-    "LM head GEMMs",
+    "LM head GEMMs (forward and gradients)",
     "RMSNorms before attention, MoE and the head",
     "embedding (forward, backward)",
-    "cross-entropy (log-softmax, NLL; forward, backward) and the loss sum",
+    "cross-entropy (log-softmax, its gradient) and the loss sum",
     "other model (residual adds, gradient accumulation, the rest)",
 )
 OPTIMIZER, DATA, CALLBACKS, LOOP = (
@@ -76,8 +80,8 @@ OPTIMIZER, DATA, CALLBACKS, LOOP = (
 )
 CATEGORIES = (ATTENTION_GEMMS, SDPA, ATTENTION_REST, EXPERT_GEMMS, SWIGLU, ROUTING, HEAD, NORMS,
               EMBEDDING, LOSS, OTHER_MODEL, OPTIMIZER, DATA, CALLBACKS, LOOP)  # fmt: skip
-# By name: the whole model (outermost), its LM head, embedding and final norm.
-MODULE_LABELS = {"": "## model", "lm_head": "## head", "embed": "## embed", "norm": "## norm"}
+# By name: the whole model (outermost), its embedding and final norm.
+MODULE_LABELS = {"": "## model", "embed": "## embed", "norm": "## norm"}
 
 
 class Ranges(Profiler):
@@ -170,9 +174,9 @@ def _chain(e) -> list[str]:
 
 
 def _innermost_label(chain: list[str]) -> str:
-    """The innermost module range (or the experts' function) around an op; ``## loss`` for the
+    """The innermost module range (or the experts' or the head's function) around an op; ``## loss`` for the
     training step's own ops outside the model (the cross-entropy, the loss sum)."""
-    label = next((n for n in chain if n.startswith("## ") or n == EXPERTS_FORWARD), "")
+    label = next((n for n in chain if n.startswith("## ") or n in (EXPERTS_FORWARD, HEAD_LOSS)), "")
     if not label and any(n.endswith(".training_step") for n in chain):
         return "## loss"
     return label
@@ -198,8 +202,8 @@ def _category(e, chain: list[str], forward_label: dict[int, str]) -> str:
         return (
             ATTENTION_GEMMS if gemm else SDPA if "scaled_dot_product" in e.name else ATTENTION_REST
         )
-    if label == "## head" and gemm:
-        return HEAD
+    if label == HEAD_LOSS:
+        return HEAD if gemm else LOSS
     known = {"## moe": ROUTING, "## norm": NORMS, "## embed": EMBEDDING, "## loss": LOSS}
     return known.get(label, OTHER_MODEL)
 
@@ -223,12 +227,17 @@ def write_random_tokens(paths: Paths, vocab: int, tokens: int, seed: int = 0) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--shape", choices=("default", "mid"), default="default")
+    p.add_argument("--vocab", type=int, default=None, help="default: tokenize.vocab_size")
     p.add_argument("--first", type=int, default=10, help="unprofiled steps first")
     p.add_argument("--steps", type=int, default=20, help="profiled steps")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    train_cfg, vocab = train_config(args)
     params = load_params(args.params)
+    tokenize = params.tokenize.model_copy(update={"vocab_size": vocab})
+    params = params.model_copy(update={"train": train_cfg, "tokenize": tokenize})
     cfg = params.train
     peak = matmul_peak(torch.float32)
     window = ProfileWindow(args.first, args.steps)

@@ -25,7 +25,6 @@ from timing import against, matmul_peak, ratio, rotation, short_run_note, spread
 
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.model import MoETransformer
-from pipeline.train.module import token_cross_entropy
 from pipeline.train.optim import build_optimizer, param_groups
 
 # The issue-18 mid-size model: 8 layers of d_model 512 (8 heads, 4 key/value heads), 32 experts
@@ -126,8 +125,8 @@ class Stepper:
 
     def loss(self) -> torch.Tensor:
         """Forward and loss: cross-entropy plus the router losses the model computed."""
-        out = self.model(self.inputs)
-        return token_cross_entropy(out.logits, self.targets) + out.aux_loss
+        out = self.model(self.inputs, self.targets)  # as the trainer: head and loss fused
+        return out.cross_entropy + out.aux_loss
 
     def after_step(self) -> None:
         self.model.update_router_biases()

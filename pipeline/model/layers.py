@@ -25,13 +25,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight.type_as(x)
+        # torch's fused kernel (forward and backward): a third faster than the five elementwise
+        # ops it replaces at d_model 512 on CPU, the same at 128.
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for positions ``0..max_seq_len-1`` (non-persistent buffers, float32)."""
+    """cos/sin tables for positions ``0..max_seq_len-1`` (non-persistent buffers, float32), each
+    at the full head width: ``(cos, cos)`` and ``(-sin, sin)``, so that rotating is
+    ``x·cos + swap_halves(x)·sin`` (HF's ``rotate_half``) in three elementwise ops."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
@@ -39,16 +41,17 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embeddings need an even head dim, got {head_dim}")
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles_LR = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-        self.register_buffer("cos_LR", angles_LR.cos().float(), persistent=False)
-        self.register_buffer("sin_LR", angles_LR.sin().float(), persistent=False)
+        cos_LR, sin_LR = angles_LR.cos().float(), angles_LR.sin().float()
+        self.register_buffer("cos_LDh", torch.cat((cos_LR, cos_LR), -1), persistent=False)
+        self.register_buffer("sin_LDh", torch.cat((-sin_LR, sin_LR), -1), persistent=False)
 
-    def forward(self, x_BHLDh: torch.Tensor) -> torch.Tensor:
-        """Rotate each head's two halves by the position's angles (HF's ``rotate_half``)."""
-        length = x_BHLDh.shape[-2]
-        cos, sin = self.cos_LR[:length], self.sin_LR[:length]
-        x1, x2 = x_BHLDh.float().chunk(2, dim=-1)
-        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return rotated.type_as(x_BHLDh)
+    def forward(self, x_BLHDh: torch.Tensor) -> torch.Tensor:
+        """Rotate each head's two halves by the position's angles. In the projections' own
+        (B, L, heads, Dh) layout, which is contiguous: the passes stream through memory."""
+        length, half = x_BLHDh.shape[1], x_BLHDh.shape[-1] // 2
+        cos_L1Dh, sin_L1Dh = self.cos_LDh[:length, None], self.sin_LDh[:length, None]
+        x = x_BLHDh.float()
+        return torch.addcmul(x * cos_L1Dh, x.roll(half, -1), sin_L1Dh).type_as(x_BLHDh)
 
 
 class Attention(nn.Module):
@@ -67,23 +70,17 @@ class Attention(nn.Module):
 
     def forward(self, x_BLD: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
         b, length, _ = x_BLD.shape
-        q_BHLDh = self._heads(self.q_norm, self.q_proj(x_BLD), self.n_heads)
-        k_BGLDh = self._heads(self.k_norm, self.k_proj(x_BLD), self.n_kv_heads)
-        v_BGLDh = self.v_proj(x_BLD).view(b, length, self.n_kv_heads, -1).transpose(1, 2)
+        q_BLHDh = rope(self.q_norm(self.q_proj(x_BLD).view(b, length, self.n_heads, -1)))
+        k_BLGDh = rope(self.k_norm(self.k_proj(x_BLD).view(b, length, self.n_kv_heads, -1)))
+        v_BLGDh = self.v_proj(x_BLD).view(b, length, self.n_kv_heads, -1)
         y_BHLDh = F.scaled_dot_product_attention(
-            rope(q_BHLDh),
-            rope(k_BGLDh),
-            v_BGLDh,
+            q_BLHDh.transpose(1, 2),
+            k_BLGDh.transpose(1, 2),
+            v_BLGDh.transpose(1, 2),
             is_causal=True,
             enable_gqa=self.n_heads != self.n_kv_heads,
         )
         return self.o_proj(y_BHLDh.transpose(1, 2).reshape(b, length, -1))
-
-    @staticmethod
-    def _heads(norm: nn.Module, proj: torch.Tensor, n: int) -> torch.Tensor:
-        """``proj`` (B, L, n·Dh) → normalised heads (B, n, L, Dh)."""
-        b, length, _ = proj.shape
-        return norm(proj.view(b, length, n, -1)).transpose(1, 2)
 
 
 class MLP(nn.Module):

@@ -28,6 +28,7 @@ from pipeline.model.experts import GroupedExperts
 from pipeline.model.layers import MLP, Attention, RMSNorm, RotaryEmbedding
 from pipeline.model.moe import MoELayer
 from pipeline.model.routing_stats import RouterStats
+from pipeline.ops.linear_cross_entropy import linear_cross_entropy
 
 _RESIDUAL_OUTPUTS = ("o_proj.weight", "w2.weight", ".w2")
 
@@ -38,12 +39,15 @@ def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
 
 @dataclass
 class ModelOutput:
-    """``logits (B, L, V)``; ``aux_loss``: weighted router losses summed over MoE layers (0-dim);
-    ``router_stats``: one :class:`RouterStats` per MoE layer, in layer order."""
+    """``logits (B, L, V)``, or ``None`` when the forward was given targets; ``aux_loss``:
+    weighted router losses summed over MoE layers (0-dim); ``router_stats``: one
+    :class:`RouterStats` per MoE layer, in layer order; ``cross_entropy``: the mean token
+    cross-entropy against the targets (fp32, 0-dim), when given."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     aux_loss: torch.Tensor
     router_stats: list[RouterStats]
+    cross_entropy: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -98,7 +102,11 @@ class MoETransformer(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def forward(self, idx_BL: torch.Tensor) -> ModelOutput:
+    def forward(self, idx_BL: torch.Tensor, targets_BL: torch.Tensor | None = None) -> ModelOutput:
+        """With ``targets_BL``, the head and the loss are one op
+        (:func:`~pipeline.ops.linear_cross_entropy.linear_cross_entropy`) and no logits are
+        returned: training never needs them, and forming them was the step's largest cost after
+        the GEMMs. Inside ``forward``, so that FSDP's hooks see the head's weight used."""
         length = idx_BL.shape[1]
         if length > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -113,7 +121,11 @@ class MoETransformer(nn.Module):
             if moe is not None:
                 aux_loss = aux_loss + moe[0]
                 stats.append(moe[1])
-        return ModelOutput(self.lm_head(self.norm(x_BLD)), aux_loss, stats)
+        x_BLD = self.norm(x_BLD)
+        if targets_BL is None:
+            return ModelOutput(self.lm_head(x_BLD), aux_loss, stats)
+        ce = linear_cross_entropy(x_BLD.flatten(0, 1), self.lm_head.weight, targets_BL.flatten())
+        return ModelOutput(None, aux_loss, stats, ce)
 
     def update_router_biases(self) -> None:
         """Call after each optimizer step: applies the aux-loss-free bias update from the

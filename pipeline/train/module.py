@@ -142,8 +142,8 @@ class MoELanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs_BL, targets_BL = batch
         self._ends_step = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        out = self.model(inputs_BL)
-        ce = token_cross_entropy(out.logits, targets_BL)
+        out = self.model(inputs_BL, targets_BL)
+        ce = out.cross_entropy
         self.last_micro_batch = MicroBatch(ce.detach(), out.aux_loss.detach(), out.router_stats)
         return ce + out.aux_loss
 
