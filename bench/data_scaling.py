@@ -1,12 +1,13 @@
 """The data stages at scale: worker scaling with one thread each, and peak memory vs corpus size.
 
-    python bench/data_scaling.py scaling [--mb 32] [--files 8] [--reps 3]
+    python bench/data_scaling.py scaling [--mb 32] [--files 8] [--stages prepare tokenize]
     python bench/data_scaling.py memory [--sizes 100 1000]
 
 ``scaling``: a corpus of ``--files`` equal JSONL files (synthetic text, ``--mb`` MB in all, one
 file per prepare task) is cleaned by prepare's tasks and its shards encoded by tokenize's tasks
 (``run_shard``: the parallel part; the merges are renames and manifests), with
-``num_workers`` 1 and 2 in rotation. Every process has one thread: ``RAYON_NUM_THREADS=1`` and
+``num_workers`` 1 and 2 in rotation (2 warm-ups and 7 rotations by default, the statistics of
+:mod:`timing`; ``--stages prepare`` leaves tokenize, and its tokenizer training, out). Every process has one thread: ``RAYON_NUM_THREADS=1`` and
 ``TOKENIZERS_PARALLELISM=false`` for the tokenizer, ``OMP_NUM_THREADS=1`` for the rest, set
 before anything starts. Prints MB/s and CPU seconds per worker count and the speed-up (median
 of the per-rotation ratios); equal CPU seconds mean the workers add no work, so the wall-clock
@@ -54,7 +55,7 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 def scale_in(root: Path, args: argparse.Namespace) -> None:
-    from timing import ratio, rotation
+    from timing import ratio, rotation, short_run_note
 
     from pipeline.config import parse_params
     from pipeline.data.jobs import fresh_dir
@@ -85,9 +86,11 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
         )
 
     prepare.run(with_workers(1), paths)
-    fresh_dir(paths.tokenize_staging)
-    tokenize.train(with_workers(1), paths)
-    shards = tokenize.plan(paths)
+    shards = []
+    if "tokenize" in args.stages:
+        fresh_dir(paths.tokenize_staging)
+        tokenize.train(with_workers(1), paths)
+        shards = tokenize.plan(paths)
     shards_mb = sum(task.source.bytes for task in shards) / 1e6
 
     def clean(n: int) -> None:
@@ -105,17 +108,19 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
         cpu.setdefault(name, []).append(cpu_seconds() - before)
 
     calls = {}
-    for stage, work in (("prepare", clean), ("tokenize", encode)):
+    stages = [(s, w) for s, w in (("prepare", clean), ("tokenize", encode)) if s in args.stages]
+    for stage, work in stages:
         for n in (1, 2):
             name = f"{stage} x{n}"
             calls[name] = lambda name=name, work=work, n=n: timed(name, work, n)
     load_before = os.getloadavg()[0]
-    times = rotation(calls, args.reps, 1)
+    times = rotation(calls, args.reps, args.warmups)
     print(
         f"corpus: {args.mb:g} MB in {args.files} files (prepare input), {shards_mb:.1f} MB in "
         f"{len(shards)} prepared shards (tokenize input); one thread per process; "
-        f"1 warm-up + {args.reps} rotations"
+        f"{args.warmups} warm-ups + {args.reps} rotations"
     )
+    print(short_run_note(args.reps, args.warmups))
     print(
         f"1-minute load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
         "(processes wanting a core; this machine has 2)"
@@ -126,10 +131,12 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
     )
     print(f"|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 8}|")
     for stage, mb in (("prepare", args.mb), ("tokenize", shards_mb)):
+        if stage not in args.stages:
+            continue
         for n in (1, 2):
             name = f"{stage} x{n}"
             t, med = times[name], statistics.median(times[name])
-            used = statistics.median(cpu[name][1:])  # the warm-up's too is recorded: skip it
+            used = statistics.median(cpu[name][args.warmups :])  # the warm-ups' are recorded too
             print(
                 f"| {stage:<9} | {n:>7} | {med:8.2f} | {min(t):6.2f} | {mb / med:6.2f} "
                 f"| {used:6.2f} |"
@@ -193,7 +200,10 @@ def main() -> None:
     s = sub.add_parser("scaling")
     s.add_argument("--mb", type=float, default=32)
     s.add_argument("--files", type=int, default=8)
-    s.add_argument("--reps", type=int, default=3)
+    s.add_argument("--reps", type=int, default=7, help="timed rotations")
+    s.add_argument("--warmups", type=int, default=2, help="untimed rotations first")
+    s.add_argument("--stages", nargs="+", choices=("prepare", "tokenize"),
+                   default=["prepare", "tokenize"])  # fmt: skip
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=float, nargs="+", default=[100, 1000])
     args = parser.parse_args()

@@ -99,11 +99,18 @@ def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -
     parts = [f"ours: cross-entropy {ce.item():.6f}, router losses {out.aux_loss.item():.4g}"]
     for name, other in others.items():
         theirs = other.forward()
-        diff = (theirs.logits - out.logits).norm() / out.logits.norm()
-        if diff > 1e-4:  # fp32, same weights: only summation order differs (measured ~3e-7)
-            raise SystemExit(f"{name}: logits differ from ours by {diff:.2e} (norm-relative)")
+        # Per position, norm-relative. fp32 and the same weights: only the summation order
+        # differs (~5e-7), except where a router score sits within that of a tie and the two
+        # sides pick different experts (measured: 2 of 4096 positions at the mid shape).
+        diff_BL = (theirs.logits - out.logits).norm(dim=-1) / out.logits.norm(dim=-1)
+        flipped = int((diff_BL > 1e-4).sum())
+        if flipped > diff_BL.numel() // 200:
+            raise SystemExit(f"{name}: logits differ from ours by more than 1e-4 (norm-relative) "
+                             f"at {flipped} of {diff_BL.numel()} positions")  # fmt: skip
+        typical = diff_BL.flatten().median().item()
         aux = other.model.config.router_aux_loss_coef * theirs.aux_loss
-        parts.append(f"{name}: logits within {diff:.1e}, cross-entropy "
+        parts.append(f"{name}: logits within {typical:.1e} (median position; {flipped} positions "
+                     f"beyond 1e-4, routing near-ties), cross-entropy "
                      f"{(theirs.loss - aux).item():.6f}, router loss {aux.item():.4g}")  # fmt: skip
     return "; ".join(parts)
 
