@@ -3,8 +3,8 @@
     python bench/data_scaling.py scaling [--mb 32] [--files 8] [--stages prepare tokenize]
     python bench/data_scaling.py memory [--sizes 100 1000]
 
-``scaling``: a corpus of ``--files`` equal JSONL files (synthetic text, ``--mb`` MB in all, one
-file per prepare task) is cleaned by prepare's tasks and its shards encoded by tokenize's tasks
+``scaling``: a corpus of ``--files`` equal JSONL files (synthetic text, ``--mb`` MB in all, two
+prepare tasks per file) is cleaned by prepare's tasks and its shards encoded by tokenize's tasks
 (``run_shard``: the parallel part; the merges are renames and manifests), with
 ``num_workers`` 1 and 2 in rotation (2 warm-ups and 7 rotations by default, the statistics of
 :mod:`timing`; ``--stages prepare`` leaves tokenize, and its tokenizer training, out). Every process has one thread: ``RAYON_NUM_THREADS=1`` and
@@ -70,7 +70,9 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
         "prepare": {
             "source": "files",
             "files": {"glob": "corpus/*.jsonl"},
-            "shard_mb": file_mb * 0.9,  # one file per task, one train shard per file
+            # Each file a little over shard_mb: prepare cuts it into two line-aligned halves, two
+            # tasks per file (one task per file before files were cut, 2026-11-30).
+            "shard_mb": file_mb * 0.9,
             "synthetic": {"benchmark_items": {"dev": 10, "test": 10}},
         },
         "tokenize": {"vocab_size": 4096},

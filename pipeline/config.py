@@ -126,7 +126,8 @@ class PrepareConfig(Section):
         64.0,
         gt=0,
         description="MB of text per output Parquet shard, and of input files grouped into one "
-        "task (pipeline/data/sources.py: plan_units)",
+        "task; a larger .jsonl file is cut into tasks of at most this size "
+        "(pipeline/data/sources.py: plan_units)",
     )
     num_workers: int = Field(
         1, ge=1, description="processes reading tasks in parallel; outputs do not depend on it"

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import tempfile
 import urllib.error
@@ -61,11 +62,15 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def sha256_file(path: Path | str) -> str:
+def sha256_file(path: Path | str, start: int = 0, end: int | None = None) -> str:
+    """SHA-256 of the file's bytes, or of its bytes ``[start, end)``."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
+        handle.seek(start)
+        left = math.inf if end is None else end - start
+        while left > 0 and (chunk := handle.read(int(min(_CHUNK, left)))):
             digest.update(chunk)
+            left -= len(chunk)
     return digest.hexdigest()
 
 

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import parse_params
 from pipeline.data.prepared import read_prepared
 from pipeline.data.shards import open_split
+from pipeline.data.sources import plan_units
 from pipeline.data.synthetic import DOCUMENT_KINDS, generate_documents
 from pipeline.paths import SPLITS, Paths
 from stages import prepare, tokenize
@@ -126,8 +127,11 @@ def test_workers_and_shard_jobs_write_the_same_bytes(tmp_path, stage_env):
     """One process, two worker processes, and three independent shard jobs per stage followed
     by the merges (as a scheduler would run them): byte-identical outputs."""
     roots = {name: tmp_path / name for name in ("one", "two", "jobs")}
+    large = "".join(json.dumps({"text": t}) + "\n" for t in generate_documents(4, 0.1, 0.5))
     for root in roots.values():
         write_files_corpus(root)
+        (root / "corpus" / "large").mkdir()
+        (root / "corpus" / "large" / "all.jsonl").write_text(large)  # over shard_mb: cut
     one = output_files(run_both(roots["one"], sharded_params(1)))
     two = output_files(run_both(roots["two"], sharded_params(2)))
     jobs = roots["jobs"]
@@ -144,7 +148,9 @@ def test_workers_and_shard_jobs_write_the_same_bytes(tmp_path, stage_env):
     domains = {
         d for s in SPLITS for d in open_split(Paths(root=jobs).token_split(s)).document_domains()
     }
-    assert domains == {"stories", "episodes", "book"}
+    assert domains == {"stories", "episodes", "book", "large"}
+    anchored = prepare.anchored(parse_params(sharded_params(1)), Paths(root=jobs))
+    assert sum("bytes" in u.key for u in plan_units(anchored.prepare, 7)) >= 3  # a file was cut
 
 
 def test_merge_with_a_missing_job_names_the_tasks_and_writes_nothing(tmp_path, stage_env):

@@ -16,9 +16,11 @@ from __future__ import annotations
 import codecs
 import glob
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.config import FilesSource
 from pipeline.data.documents import DataError, Document
@@ -92,21 +94,26 @@ def path_domain(cfg: FilesSource, path: str) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else (root.name or ".")
 
 
-def read_file(cfg: FilesSource, path: str, max_bytes: int) -> Iterator[Document]:
-    """The documents of one file; a file that yields none is refused."""
+def read_file(
+    cfg: FilesSource, path: str, max_bytes: int, byte_range: tuple[int, int] | None = None
+) -> Iterator[Document]:
+    """The documents of one file; a file that yields none is refused. With ``byte_range``
+    ``(start, end)``, only the lines of a ``.jsonl`` file that start in ``[start, end)``: one
+    task of a file cut into several (:func:`pipeline.data.sources.plan_units`), where an empty
+    range is no error."""
     domain = None if cfg.domain.startswith("field:") else path_domain(cfg, path)
     suffix = Path(path).suffix
     if suffix == ".txt":
         documents = _read_txt(Path(path), cfg, domain, max_bytes)
     elif suffix == ".jsonl":
-        documents = _read_jsonl(Path(path), cfg, domain, max_bytes)
+        documents = _read_jsonl(Path(path), cfg, domain, max_bytes, byte_range)
     else:
         documents = _read_parquet(Path(path), cfg, domain)
     count = 0
     for document in documents:
         count += 1
         yield document
-    if count == 0:
+    if count == 0 and byte_range is None:
         raise DataError(
             f"{path}: holds no document (an empty shard among the files of prepare.files.glob "
             f"{cfg.glob!r}); remove it or narrow the glob"
@@ -165,14 +172,24 @@ def _read_txt(path: Path, cfg: FilesSource, domain: str, max_bytes: int) -> Iter
 
 
 def _read_jsonl(
-    path: Path, cfg: FilesSource, domain: str | None, max_bytes: int
+    path: Path,
+    cfg: FilesSource,
+    domain: str | None,
+    max_bytes: int,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[Document]:
-    offset = 0
+    start, end = byte_range or (0, math.inf)
     with open(path, "rb") as handle:
-        line_no = 0
-        while raw := handle.readline(max_bytes + 1):
-            line_no += 1
-            where = f"{path}:{line_no}"
+        offset = _first_line_from(handle, start)
+        # Line numbers count from the file's start, which a later range has not read: there
+        # the byte offset names the line.
+        line_no = 0 if start == 0 else None
+        while offset < end and (raw := handle.readline(max_bytes + 1)):
+            if line_no is None:
+                where = f"{path}: the line at byte offset {offset}"
+            else:
+                line_no += 1
+                where = f"{path}:{line_no}"
             if len(raw) > max_bytes:
                 raise DataError(
                     f"{where}: line longer than prepare.max_document_mb = {max_bytes / 1e6:g} MB "
@@ -196,6 +213,19 @@ def _read_jsonl(
                 where,
                 domain or _field_domain(row, cfg.domain, where),
             )
+
+
+def _first_line_from(handle: BinaryIO, start: int) -> int:
+    """Seek ``handle`` to the first line that starts at or after byte ``start`` (a line starts
+    after a newline): the line that crosses ``start`` belongs to the range before. Reads in
+    bounded pieces, so a long line costs no memory. Returns the offset."""
+    if start == 0:
+        return 0
+    handle.seek(start - 1)
+    while piece := handle.readline(_PIECE):
+        if piece.endswith(b"\n"):
+            break
+    return handle.tell()
 
 
 def _read_parquet(path: Path, cfg: FilesSource, domain: str | None) -> Iterator[Document]:

@@ -4,8 +4,10 @@ A source is cut into :class:`SourceUnit` s, the tasks of the prepare stage: each
 end by one process, lazily, so memory stays bounded whatever the corpus size, and the units in
 order give the source's documents in order (:func:`iter_documents`). :func:`plan_units` cuts:
 
-* ``files``: the sorted files, grouped in order into units of about ``prepare.shard_mb`` MB (a
-  bigger file is a unit of its own: split very large files to spread them over workers);
+* ``files``: the sorted files, grouped in order into units of about ``prepare.shard_mb`` MB; a
+  ``.jsonl`` file bigger than that is cut into equal line-aligned byte ranges of at most
+  ``shard_mb`` MB, a unit each, so that one large file is read by every worker (a bigger
+  ``.txt`` or ``.parquet`` file is a unit of its own);
 * ``hf`` with ``streaming: true`` and no ``max_documents``: one unit per data file of the dataset
   (``IterableDataset.shard``); otherwise one unit (``max_documents`` counts rows in order);
 * ``synthetic``: one unit (the generator is one seeded stream).
@@ -18,6 +20,7 @@ Every document carries a domain label: ``prepare.files.domain`` (:mod:`pipeline.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +49,7 @@ def plan_units(cfg: PrepareConfig, seed: int) -> list[SourceUnit]:
     elif cfg.source == "hf":
         keys = [{"hf": cfg.hf.model_dump(mode="json"), "shard": s} for s in _hf_shards(cfg.hf)]
     else:
-        keys = [{"files": group} for group in _group_files(cfg)]
+        keys = _file_units(cfg)
     return [SourceUnit(index, key) for index, key in enumerate(keys)]
 
 
@@ -57,8 +60,10 @@ def iter_unit(cfg: PrepareConfig, seed: int, unit: SourceUnit) -> Iterator[Docum
     if cfg.source == "hf":
         return _huggingface(cfg.hf, unit.key["shard"])
     max_bytes = int(cfg.max_document_mb * 1e6)
+    span = unit.key.get("bytes")  # a range of a cut .jsonl file
     return itertools.chain.from_iterable(
-        read_file(cfg.files, path, max_bytes) for path, _, _ in unit.key["files"]
+        read_file(cfg.files, path, max_bytes, span and (span[0], span[1]))
+        for path, _, _ in unit.key["files"]
     )
 
 
@@ -68,17 +73,28 @@ def iter_documents(cfg: PrepareConfig, seed: int) -> Iterator[Document]:
         yield from iter_unit(cfg, seed, unit)
 
 
-def _group_files(cfg: PrepareConfig) -> list[list[list]]:
-    """Consecutive files, grouped until a group holds ``shard_mb`` MB."""
-    groups: list[list[list]] = []
+def _file_units(cfg: PrepareConfig) -> list[dict[str, list]]:
+    """Consecutive files, grouped until a group holds ``shard_mb`` MB, each group a unit
+    ``{"files": [file keys]}``; a ``.jsonl`` file over ``shard_mb`` MB is cut into equal byte
+    ranges, a unit ``{"files": [its key], "bytes": [start, end]}`` each. The cut depends on the
+    file's size alone, never on the number of workers, so the outputs do not either."""
+    units: list[dict[str, list]] = []
     size = target = cfg.shard_mb * 1e6
     for file in list_files(cfg.files):
+        if file.path.endswith(".jsonl") and file.size > target:
+            pieces = math.ceil(file.size / target)
+            bounds = [file.size * i // pieces for i in range(pieces + 1)]
+            units += [
+                {"files": [file.key()], "bytes": [a, b]} for a, b in itertools.pairwise(bounds)
+            ]
+            size = target  # the next file starts a unit of its own
+            continue
         if size >= target:
-            groups.append([])
+            units.append({"files": []})
             size = 0
-        groups[-1].append(file.key())
+        units[-1]["files"].append(file.key())
         size += file.size
-    return groups
+    return units
 
 
 def _synthetic(cfg: SyntheticSource, seed: int) -> Iterator[Document]:

@@ -3,7 +3,9 @@ dataset in the hub's layout (streamed, several shards), units, bad input with bo
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import tracemalloc
 
 import pyarrow as pa
@@ -272,3 +274,47 @@ def test_hf_source_offline_says_how_to_use_local_files(monkeypatch, tmp_path):
     message = str(info.value)
     assert "someone/not-cached-dataset" in message and "offline" in message
     assert "prepare.source: files" in message
+
+
+def test_a_large_jsonl_file_is_cut_into_line_aligned_ranges(tmp_path):
+    """Every line is read once, by the range its first byte falls in, whatever the cut: lines
+    crossing a boundary, a boundary right after a newline, blank lines, a range with no line
+    start at all (inside one long line)."""
+    g = random.Random(0)
+    rows = [{"text": "w" * g.choice([1, 5, 40, 300, 3000]) + str(i)} for i in range(200)]
+    lines = [json.dumps(r) + "\n" + ("\n" if i % 17 == 0 else "") for i, r in enumerate(rows)]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(lines))
+    (tmp_path / "small.jsonl").write_text(json.dumps({"text": "after"}) + "\n")
+    whole = [r["text"] for r in rows] + ["after"]
+    size = path.stat().st_size
+    for shard_bytes in (size // 2, size // 7, 2000, 3100, 4000):
+        cfg = files_config(str(tmp_path / "*.jsonl")).model_copy(
+            update={"shard_mb": shard_bytes / 1e6}
+        )
+        units = plan_units(cfg, seed=0)
+        cut = [u.key["bytes"] for u in units if "bytes" in u.key]
+        pieces = -(-size // shard_bytes)
+        assert len(cut) == pieces and cut[0][0] == 0 and cut[-1][1] == size
+        assert all(end - start <= shard_bytes for start, end in cut)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(cut))  # contiguous
+        assert units[-1].key == {"files": [units[-1].key["files"][0]]}  # small.jsonl: whole
+        read = [d.text for u in units for d in iter_unit(cfg, 0, u)]
+        assert read == whole, f"shard_mb {shard_bytes / 1e6}"
+
+
+def test_an_error_in_a_later_range_names_its_byte_offset(tmp_path):
+    good = "".join(json.dumps({"text": f"doc {i} " + "x" * 50}) + "\n" for i in range(100))
+    path = tmp_path / "c.jsonl"
+    path.write_text(good + "{not json\n" + good)
+    cfg = files_config(str(path)).model_copy(update={"shard_mb": len(good) / 2e6})
+    units = plan_units(cfg, seed=0)
+    assert len(units) == 5
+    offset = len(good.encode())
+    with pytest.raises(
+        DataError, match=rf"c.jsonl: the line at byte offset {offset}: not valid JSON"
+    ):
+        for u in units:
+            list(iter_unit(cfg, 0, u))
+    first = list(iter_unit(cfg, 0, units[0]))  # the first range still counts lines
+    assert first[0].origin == f"{path}:1"

@@ -55,7 +55,9 @@ def single(launcher, tiny, tmp_path_factory):
 def assert_same_weights(actual: dict, expected: dict, **tol) -> None:
     assert actual.keys() == expected.keys()
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], **tol, msg=key)
+        torch.testing.assert_close(
+            actual[key], expected[key], **tol, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 def assert_dcp_exports_the_trained_weights(root: Path, tmp_path: Path, run_key: str) -> dict:

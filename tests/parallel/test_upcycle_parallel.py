@@ -77,4 +77,9 @@ def test_an_upcycled_run_on_ep2_trains_like_one_process_and_exports_from_dcp(
     w13 = expected["blocks.0.ffn.experts.w13"]  # (E, 2F, D): distinct experts, as drop made them
     assert all(not torch.allclose(w13[0], w13[e], atol=1e-3) for e in range(1, w13.shape[0]))
     trained = assert_dcp_exports_the_trained_weights(tmp_path / "ep", tmp_path, tiny.RUN_KEY)
-    assert_same_weights(trained, expected, **WEIGHTS)
+    # AdamW divides each gradient by its running RMS: an element whose gradient is near zero
+    # moves by about the learning rate whichever its sign, and the two layouts' summation
+    # orders can flip that sign (measured: 1 element in 16384 off by 1.5e-5 after 3 steps). A
+    # rank holding the wrong experts would be off by more than 1e-3 (the experts differ by that
+    # much, asserted above).
+    assert_same_weights(trained, expected, **{**WEIGHTS, "atol": 5e-5})
