@@ -144,7 +144,7 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
                 f"| {used:6.2f} |"
             )
         speedup, low = ratio(times[f"{stage} x1"], times[f"{stage} x2"])
-        print(f"{stage}: 2 workers / 1 worker = {speedup:.2f}x (lower quartile {low:.2f}x)")
+        print(f"{stage}: 2 workers / 1 worker = {speedup:.3f}x (lower quartile {low:.3f}x)")
 
 
 def cpu_seconds() -> float:
