@@ -7,9 +7,10 @@
 prepare tasks per file) is cleaned by prepare's tasks and its shards encoded by tokenize's tasks
 (``run_shard``: the parallel part; the merges are renames and manifests), with
 ``num_workers`` 1 and 2 in rotation (2 warm-ups and 7 rotations by default, the statistics of
-:mod:`timing`; ``--stages prepare`` leaves tokenize, and its tokenizer training, out). Every process has one thread: ``RAYON_NUM_THREADS=1`` and
-``TOKENIZERS_PARALLELISM=false`` for the tokenizer, ``OMP_NUM_THREADS=1`` for the rest, set
-before anything starts. Prints MB/s and CPU seconds per worker count and the speed-up (median
+:mod:`timing`; ``--stages prepare`` leaves tokenize, and its tokenizer training, out). Every
+process has one thread: ``RAYON_NUM_THREADS=1`` and ``TOKENIZERS_PARALLELISM=false`` for the
+tokenizer, ``OMP_NUM_THREADS=1`` for the rest, set before anything starts. Prints MB/s and CPU
+seconds per worker count and the speed-up (median
 of the per-rotation ratios); equal CPU seconds mean the workers add no work, so the wall-clock
 speed-up is what the machine's free cores allow (other load shows in the load average).
 
@@ -117,9 +118,10 @@ def scale_in(root: Path, args: argparse.Namespace) -> None:
             calls[name] = lambda name=name, work=work, n=n: timed(name, work, n)
     load_before = os.getloadavg()[0]
     times = rotation(calls, args.reps, args.warmups)
+    tokenize_input = f", {shards_mb:.1f} MB in {len(shards)} prepared shards (tokenize input)"
     print(
-        f"corpus: {args.mb:g} MB in {args.files} files (prepare input), {shards_mb:.1f} MB in "
-        f"{len(shards)} prepared shards (tokenize input); one thread per process; "
+        f"corpus: {args.mb:g} MB in {args.files} files (prepare input)"
+        f"{tokenize_input if shards else ''}; one thread per process; "
         f"{args.warmups} warm-ups + {args.reps} rotations"
     )
     print(short_run_note(args.reps, args.warmups))

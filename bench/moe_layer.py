@@ -156,8 +156,10 @@ def print_table(results: dict, titan: dict, args, peaks: dict[str, float]) -> No
         peak = max(peaks[dtype_name], peaks["fp32"])
         rows = dict(result["times"])
         paired = {impl: (rows.get("torch"), t) for impl, t in rows.items()}
-        if (name, dtype_name) in titan:
+        if (name, dtype_name) in titan:  # with the torch row its ratio pairs, of its process
+            rows["torch (child)"] = titan[name, dtype_name]["torch"]
             rows["torchtitan"] = titan[name, dtype_name]["torchtitan"]
+            paired["torch (child)"] = (None, rows["torch (child)"])
             paired["torchtitan"] = (titan[name, dtype_name]["torch"], rows["torchtitan"])
         for impl, ts in rows.items():
             st = spread(ts)

@@ -17,9 +17,10 @@ charged, by its self time, to one category:
   zero_grad), the training step and backward (the model), the rest of the loop;
 - inside the model, ranges opened by forward hooks on the attention modules and the MoE layers;
   the head and the loss are one autograd function (its GEMMs are the head's, the rest the
-  loss's: it forms the gradients in its forward); a backward op belongs to the category of the forward op that made its autograd
-  node (the profiler's sequence numbers); matrix products are told apart from the rest (SDPA's
-  kernels, elementwise work); inside the experts' autograd function, matrix products are the
+  loss's: it forms the gradients in its forward); a backward op belongs to the category of the
+  forward op that made its autograd node (the profiler's sequence numbers); matrix products are
+  told apart from the rest (SDPA's kernels, elementwise work); inside the experts' autograd
+  function, matrix products are the
   experts' GEMMs, the row gather/scatter is dispatch, the rest is the SwiGLU elementwise work.
 
 The time between events (Python) is shown as its own row: wall time minus the events' time.
@@ -174,8 +175,8 @@ def _chain(e) -> list[str]:
 
 
 def _innermost_label(chain: list[str]) -> str:
-    """The innermost module range (or the experts' or the head's function) around an op; ``## loss`` for the
-    training step's own ops outside the model (the cross-entropy, the loss sum)."""
+    """The innermost module range (or the experts' or the head's function) around an op;
+    ``## loss`` for the training step's own ops outside the model (the loss sum)."""
     label = next((n for n in chain if n.startswith("## ") or n in (EXPERTS_FORWARD, HEAD_LOSS)), "")
     if not label and any(n.endswith(".training_step") for n in chain):
         return "## loss"

@@ -14,7 +14,8 @@ the micro-batch and compared.
 A timed call is one optimizer step on one micro-batch (16 × 256 tokens by default, 8 × 512 at
 ``mid``), the same on every side: forward, loss = cross-entropy + router losses, backward,
 gradient clipping, AdamW (the project's parameter groups and hyper-parameters), zero_grad.
-The losses are each side's own: the project's ``token_cross_entropy`` plus its router losses
+The losses are each side's own: the project's training forward with targets (the head and the
+cross-entropy fused, :mod:`pipeline.ops.linear_cross_entropy`) plus its router losses
 (Switch balance + z-loss per layer, weighted as in ``params.yaml``); transformers' training
 forward with ``labels`` (its ``ForCausalLMLoss``, given our targets as ``shift_labels``) and
 ``output_router_logits=True`` (``load_balancing_loss_func`` over all layers times
@@ -92,8 +93,9 @@ def export(ours: Stepper, vocab: int, directory: Path) -> None:
 
 @torch.no_grad()
 def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -> str:
-    """One line: each model's largest logit difference from ours (norm-relative) and the
-    router losses of both sides, on the timed micro-batch."""
+    """One line: how far each model's logits are from ours (norm-relative per position: the
+    median, and how many positions differ beyond 1e-4) and the router losses of both sides, on
+    the timed micro-batch."""
     out = ours.model(ours.inputs)
     ce = token_cross_entropy(out.logits, ours.targets)
     parts = [f"ours: cross-entropy {ce.item():.6f}, router losses {out.aux_loss.item():.4g}"]

@@ -100,7 +100,7 @@ def dvc_process():
 
 
 def execution_key(digest: str, git: Mapping[str, str]) -> str:
-    """What the stages of one pipeline execution share (module docstring, "Executions"):
+    """What the stages of one pipeline execution share (this module's docstring):
     ``dvc:<host>:<pid>:<start ms>`` of the DVC process running them, or by hand
     ``params:<digest>`` of ``digest`` (the params'), the commit and ``DVC_EXP_NAME``."""
     dvc = dvc_process()

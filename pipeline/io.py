@@ -11,7 +11,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import os
 import tempfile
 import urllib.error
@@ -67,10 +66,8 @@ def sha256_file(path: Path | str, start: int = 0, end: int | None = None) -> str
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         handle.seek(start)
-        left = math.inf if end is None else end - start
-        while left > 0 and (chunk := handle.read(int(min(_CHUNK, left)))):
+        while chunk := handle.read(_CHUNK if end is None else min(_CHUNK, end - handle.tell())):
             digest.update(chunk)
-            left -= len(chunk)
     return digest.hexdigest()
 
 

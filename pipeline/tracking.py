@@ -18,7 +18,7 @@ card, the last stage, reads. The ``run.json`` each stage writes names its run fo
 
 Every run carries the git commit (``mlflow.source.git.commit``), a dirty flag, the DVC experiment
 name when ``dvc exp run`` started it (``DVC_EXP_NAME``), all of ``params.yaml`` flattened with
-their digest (``pipeline.params_digest``), and the installed package versions
+their digest (:func:`pipeline.executions.params_digest`), and the installed package versions
 (``environment/pip-freeze.txt``).
 
 """
@@ -287,8 +287,8 @@ def stage_run(
     upstream: Mapping[str, Collection[str]],
     run_file: Path,
 ) -> Iterator[StageRun]:
-    """Track one stage execution, nested under the run of the pipeline execution (module
-    docstring, "Executions"); write ``run_file`` on success, mark the run FAILED otherwise.
+    """Track one stage execution, nested under the run of the pipeline execution
+    (:mod:`pipeline.executions`); write ``run_file`` on success, mark the run FAILED otherwise.
 
     ``inputs`` maps each input's pipeline-wide name to its SHA-256 (tagged
     ``input.<name>.sha256``); ``upstream`` maps an upstream stage to the names of the inputs it

@@ -36,6 +36,7 @@ from pipeline.data.prepared import iter_texts, read_prepared
 from pipeline.data.shards import TokenSplit, open_split, read_manifest, token_counts
 from pipeline.data.word_categories import read_word_categories
 from pipeline.errors import PipelineError
+from pipeline.executions import log_metrics_to
 from pipeline.io import sha256_file, write_json, write_text
 from pipeline.model import MoETransformer
 from pipeline.model_io import load_model
@@ -192,14 +193,8 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
 def log_into_model_run(run_id: str, scores: dict[str, float]) -> None:
     """Add the eval scores to the train run; a store that lacks it (a fresh ``mlflow.db``
     beside a model pulled from a DVC remote) gets a warning, not a failed evaluation."""
-    from mlflow.entities import Metric
-    from mlflow.utils.time import get_current_time_millis
-
-    now = get_current_time_millis()
     try:
-        MlflowClient(tracking_uri()).log_batch(
-            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in scores.items()]
-        )
+        log_metrics_to(MlflowClient(tracking_uri()), run_id, scores, 0)
     except MlflowException as exc:
         log.warning("could not add eval scores to the train run %s: %s", run_id, exc)
 

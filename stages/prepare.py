@@ -152,11 +152,12 @@ def _files_digest(params: Params, unit: SourceUnit) -> str:
     by the task, in parallel, rather than by one process before the work)."""
     files = unit.key.get("files", [])
     root = glob_root(params.prepare.files.glob) if files else None
-    span = unit.key.get("bytes", [0, None])  # a cut file's task hashes its own range
-    where = "" if "bytes" not in unit.key else f"[{span[0]}:{span[1]}]"
+    span = unit.key.get("bytes")  # a cut file's task hashes its own range
+    where = f"[{span[0]}:{span[1]}]" if span else ""
     return _digest(
         "".join(
-            f"{Path(p).relative_to(root)}{where}\0{sha256_file(p, *span)}\n" for p, _, _ in files
+            f"{Path(p).relative_to(root)}{where}\0{sha256_file(p, *(span or ()))}\n"
+            for p, _, _ in files
         )
     )
 

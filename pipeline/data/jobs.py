@@ -96,8 +96,8 @@ def run_tasks(
     ones (spawned, so no thread pool or open file is inherited; ``env`` is set in each).
 
     This process is one of the workers (unless ``env`` is given) because a spawned one first
-    pays its start-up (the
-    interpreter and the imports, ~0.4 CPU s for prepare), which this one has already paid. Every
+    pays its start-up (the interpreter and the imports, ~0.4 CPU s for prepare), which this one
+    has already paid. Every
     worker takes the next task of the one sequence when it is free (a thread here feeds each
     spawned process one task at a time, so none holds a queue of tasks another could be doing):
     the work ends within one task of even, whatever the start-up costs. The first failure stops

@@ -62,7 +62,7 @@ def iter_unit(cfg: PrepareConfig, seed: int, unit: SourceUnit) -> Iterator[Docum
     max_bytes = int(cfg.max_document_mb * 1e6)
     span = unit.key.get("bytes")  # a range of a cut .jsonl file
     return itertools.chain.from_iterable(
-        read_file(cfg.files, path, max_bytes, span and (span[0], span[1]))
+        read_file(cfg.files, path, max_bytes, tuple(span) if span else None)
         for path, _, _ in unit.key["files"]
     )
 

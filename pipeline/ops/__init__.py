@@ -18,8 +18,9 @@ triton      :mod:`~pipeline.ops.triton_dispatch`     :mod:`~pipeline.ops.triton_
 =========== ======================================== =========================================
 
 The fused router's op is :mod:`~pipeline.ops.triton_routing`; the output head fused with the
-cross-entropy, which every backend's training forward uses, :mod:`~pipeline.ops.linear_cross_entropy`. The ``triton_*`` modules import
-the kernels, hence Triton, when imported: :mod:`pipeline.model` imports them on first use (Triton
+cross-entropy, which every backend's training forward uses, is
+:mod:`~pipeline.ops.linear_cross_entropy`. The ``triton_*`` modules import the kernels, hence
+Triton, when imported: :mod:`pipeline.model` imports them on first use (Triton
 reads ``TRITON_INTERPRET`` when a kernel is defined). Which backend runs is decided in one place,
 :func:`pipeline.model.backends.resolve_backend`.
 """

@@ -13,7 +13,10 @@ cross-entropy (Hsu et al. 2024, arXiv:2410.10989) and Cut Cross-Entropy (Wijmans
 arXiv:2411.09009), which are Triton/CUDA only; this is plain PyTorch, so it runs on any device.
 
 Under autocast the chunk's GEMMs run in the autocast dtype (as ``nn.Linear`` would; the
-forward runs under the caller's autocast and holds all the work), the softmax in fp32. Without ``requires_grad`` on either input (validation) no gradient is formed.
+forward runs under the caller's autocast and holds all the work), the softmax in fp32. Only the
+gradients autograd will ask for are formed: none under ``no_grad`` (validation), the weight's
+alone when the hidden states need none. The targets must be ids of the vocabulary (no
+``ignore_index``: every window of the pipeline has a target at every position).
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ def chunk_rows(vocab_size: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden_ND, weight_VD, targets_N):
+    def forward(ctx, hidden_ND, weight_VD, targets_N, grad_enabled):
         n = hidden_ND.shape[0]
         rows = chunk_rows(weight_VD.shape[0])
-        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # needs_input_grad says requires_grad, not whether autograd records: hence grad_enabled.
+        want_h, want_w = (grad_enabled and needs for needs in ctx.needs_input_grad[:2])
         loss = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
-        grad_hidden = torch.empty_like(hidden_ND) if wants_grad else None
-        grad_weight = torch.zeros_like(weight_VD, dtype=torch.float32) if wants_grad else None
+        grad_hidden = torch.empty_like(hidden_ND) if want_h else None
+        grad_weight = torch.zeros_like(weight_VD, dtype=torch.float32) if want_w else None
         for start in range(0, n, rows):
             h_CD, t_C = hidden_ND[start : start + rows], targets_N[start : start + rows]
             z_CV = torch.nn.functional.linear(h_CD, weight_VD)  # autocast's dtype, if any
@@ -46,26 +50,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logp_CV = torch.log_softmax(logits_CV, dim=1)
             picked_C = logp_CV.gather(1, t_C[:, None])
             loss -= picked_C.sum()
-            if wants_grad:
+            if want_h or want_w:
                 grad_CV = logp_CV.exp_()  # softmax, in place of the log-probabilities
                 grad_CV.scatter_add_(1, t_C[:, None], torch.full_like(picked_C, -1.0))
                 grad_CV = grad_CV.to(z_CV.dtype)  # the backward GEMMs in the forward's dtype
-                grad_hidden[start : start + rows] = grad_CV @ weight_VD
-                grad_weight += grad_CV.T @ h_CD
-        if wants_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
-            ctx.weight_dtype = weight_VD.dtype
+            if want_h:
+                grad_hidden[start : start + rows] = torch.mm(grad_CV, weight_VD)
+            if want_w:
+                grad_weight += torch.mm(grad_CV.T, h_CD)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype, ctx.n = weight_VD.dtype, n
         return loss / n
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_loss / grad_hidden.shape[0]
-        return grad_hidden * scale, (grad_weight * scale).to(ctx.weight_dtype), None
+        scale = grad_loss / ctx.n
+        return (
+            None if grad_hidden is None else grad_hidden * scale,
+            None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(
     hidden_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden_ND @ weight_VD.T`` against ``targets_N``, fp32."""
-    return _LinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N)
+    return _LinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, torch.is_grad_enabled())

@@ -278,8 +278,8 @@ def test_hf_source_offline_says_how_to_use_local_files(monkeypatch, tmp_path):
 
 def test_a_large_jsonl_file_is_cut_into_line_aligned_ranges(tmp_path):
     """Every line is read once, by the range its first byte falls in, whatever the cut: lines
-    crossing a boundary, a boundary right after a newline, blank lines, a range with no line
-    start at all (inside one long line)."""
+    crossing a boundary, blank lines, a range with no line start at all (inside one long line).
+    A boundary right after a newline: the next test."""
     g = random.Random(0)
     rows = [{"text": "w" * g.choice([1, 5, 40, 300, 3000]) + str(i)} for i in range(200)]
     lines = [json.dumps(r) + "\n" + ("\n" if i % 17 == 0 else "") for i, r in enumerate(rows)]
@@ -301,6 +301,18 @@ def test_a_large_jsonl_file_is_cut_into_line_aligned_ranges(tmp_path):
         assert units[-1].key == {"files": [units[-1].key["files"][0]]}  # small.jsonl: whole
         read = [d.text for u in units for d in iter_unit(cfg, 0, u)]
         assert read == whole, f"shard_mb {shard_bytes / 1e6}"
+
+
+def test_a_cut_right_after_a_newline_gives_the_next_line_to_the_next_range(tmp_path):
+    lines = [json.dumps({"text": f"line {i:03d}"}) + "\n" for i in range(40)]  # equal lengths
+    path = tmp_path / "even.jsonl"
+    path.write_text("".join(lines))
+    line = len(lines[0])
+    cfg = files_config(str(path)).model_copy(update={"shard_mb": 10 * line / 1e6})
+    units = plan_units(cfg, seed=0)
+    assert [u.key["bytes"][0] for u in units] == [0, 10 * line, 20 * line, 30 * line]
+    per_unit = [[d.text for d in iter_unit(cfg, 0, u)] for u in units]
+    assert per_unit == [[f"line {i:03d}" for i in range(k, k + 10)] for k in (0, 10, 20, 30)]
 
 
 def test_an_error_in_a_later_range_names_its_byte_offset(tmp_path):

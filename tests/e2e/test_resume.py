@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.io import sha256_file
+
 pytestmark = pytest.mark.slow
 
 KILL_TIMEOUT_SECONDS = 300
@@ -47,6 +49,7 @@ def test_sigkilled_training_resumes_under_dvc_repro_to_the_same_result(
     assert "Running stage 'train'" in resumed
     resumed_rows = loss_rows(repo)
     resumed_weights = load_file(repo.path / "models/model.safetensors")
+    resumed_sha = sha256_file(repo.path / "models/model.safetensors")
 
     for run_dir in (repo.path / "models/checkpoints").iterdir():  # now train without a break
         for ckpt in run_dir.iterdir():
@@ -55,8 +58,10 @@ def test_sigkilled_training_resumes_under_dvc_repro_to_the_same_result(
     assert loss_rows(repo) == resumed_rows  # every step's loss, bit for bit (CPU)
     straight_weights = load_file(repo.path / "models/model.safetensors")
     assert straight_weights.keys() == resumed_weights.keys()
-    for name, tensor in straight_weights.items():  # header bytes vary: safetensors metadata order
+    for name, tensor in straight_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name
+    # and the file byte for byte: save_model writes the metadata in one order (it did not)
+    assert sha256_file(repo.path / "models/model.safetensors") == resumed_sha
 
 
 def kill_training_after_first_checkpoint(dvc: subprocess.Popen, checkpoints) -> int:

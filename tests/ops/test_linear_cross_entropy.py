@@ -41,20 +41,44 @@ def test_matches_unfused_loss_and_gradients(monkeypatch, n, vocab):
         )
 
 
-def test_no_gradient_inputs_give_the_loss_alone():
+def mm_calls(monkeypatch) -> list:
+    """The output dtypes of the op's gradient GEMMs (``torch.mm``), as they are called."""
+    calls, mm = [], torch.mm
+
+    def spy(a, b):
+        calls.append(out := mm(a, b))
+        return out
+
+    monkeypatch.setattr(torch, "mm", spy)
+    return calls
+
+
+def test_only_the_gradients_autograd_asks_for_are_formed(monkeypatch):
+    monkeypatch.setattr(lce, "CHUNK_BYTES", 16 * 4 * 32)  # 16 rows per chunk: 2 chunks
+    calls = mm_calls(monkeypatch)
     hidden, weight, targets = torch.randn(20, 8), torch.randn(32, 8), torch.randint(32, (20,))
     loss = lce.linear_cross_entropy(hidden, weight, targets)
-    assert not loss.requires_grad
+    assert not loss.requires_grad and calls == []
     torch.testing.assert_close(loss, reference(hidden, weight, targets))
+    weight.requires_grad_()
+    with torch.no_grad():  # validation: parameters require grad, nothing is recorded
+        lce.linear_cross_entropy(hidden, weight, targets)
+    assert calls == []
+    lce.linear_cross_entropy(hidden, weight, targets).backward()  # the weight's alone
+    assert [c.shape for c in calls] == [(32, 8), (32, 8)]
+    want = loss_and_grads(reference, hidden, weight.detach(), targets)[2]
+    torch.testing.assert_close(weight.grad, want)
 
 
-def test_bf16_autocast_runs_the_gemms_in_bf16_and_keeps_fp32_gradients():
+def test_bf16_autocast_runs_the_gemms_in_bf16_and_keeps_fp32_gradients(monkeypatch):
     g = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(40, 32, generator=g), torch.randn(96, 32, generator=g)
     targets = torch.randint(96, (40,), generator=g)
+    calls = mm_calls(monkeypatch)
     with torch.autocast("cpu", torch.bfloat16):
         got = loss_and_grads(lce.linear_cross_entropy, hidden, weight, targets)
         want = loss_and_grads(reference, hidden, weight, targets)
+    assert calls and all(c.dtype == torch.bfloat16 for c in calls)
     assert got[0].dtype == torch.float32 and got[2].dtype == torch.float32
     for a, b in zip(got, want, strict=True):  # bf16 products on both sides: bf16 tolerance
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
