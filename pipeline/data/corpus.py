@@ -40,7 +40,13 @@ import pyarrow.parquet as pq
 from pipeline.config import PrepareConfig
 from pipeline.data.documents import DataError, Document
 from pipeline.data.fingerprints import FINGERPRINT, FingerprintSet, fingerprints
-from pipeline.data.prepared import SCHEMA, DocumentShard, shard_name, write_manifest
+from pipeline.data.prepared import (
+    SCHEMA,
+    DocumentShard,
+    documents_table,
+    shard_name,
+    write_manifest,
+)
 from pipeline.io import atomic_path, sha256_file
 from pipeline.paths import SPLITS
 
@@ -113,7 +119,7 @@ class _PartWriter:
 
     def _flush(self) -> None:
         if self._texts:
-            table = pa.table({"text": self._texts, "domain": self._domains}, schema=SCHEMA)
+            table = documents_table(self._texts, self._domains)
             self._writer.write_table(table)
             self._texts, self._domains = [], []
 

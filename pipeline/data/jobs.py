@@ -96,12 +96,13 @@ def run_tasks(
     ones (spawned, so no thread pool or open file is inherited; ``env`` is set in each).
 
     This process is one of the workers (unless ``env`` is given) because a spawned one first
-    pays its start-up (the interpreter and the imports, ~0.4 CPU s for prepare), which this one
-    has already paid. Every
-    worker takes the next task of the one sequence when it is free (a thread here feeds each
-    spawned process one task at a time, so none holds a queue of tasks another could be doing):
-    the work ends within one task of even, whatever the start-up costs. The first failure stops
-    the handing out of tasks and is raised."""
+    pays its start-up (the interpreter and the imports: a prepare worker starts its first task
+    ~0.4 s after this one), which this one has already paid. Every worker takes the next task
+    of the one sequence when it is free (a thread here feeds each spawned process one task at a
+    time, so none holds a queue of tasks another could be doing): the work ends within one task
+    of even, whatever the start-up costs. Once no task is left to hand out, the spawned workers
+    exit while this process may still be working: their exit (~0.1 s) is not added to the end.
+    The first failure stops the handing out of tasks and is raised."""
     if workers == 1 or len(args) <= 1:
         return [work(*a) for a in args]
     # With a per-worker ``env`` (tokenizer threads) this process, whose thread pools exist
@@ -130,11 +131,20 @@ def run_tasks(
         initializer=_set_env,
         initargs=(env or {},),
     )
+    feeding = [spawned]  # feeders still handing out tasks
+
+    def feed() -> None:
+        try:
+            drain(lambda i: pool.submit(work, *args[i]).result())
+        finally:
+            with lock:
+                feeding[0] -= 1
+                last = feeding[0] == 0
+            if last:  # no task is left to hand out: the workers exit (and are waited for
+                pool.shutdown()  # here) while this process may still work on its last task
+
     with pool, ThreadPoolExecutor(spawned) as feeders:
-        fed = [
-            feeders.submit(drain, lambda i: pool.submit(work, *args[i]).result())
-            for _ in range(spawned)
-        ]
+        fed = [feeders.submit(feed) for _ in range(spawned)]
         try:
             if here:
                 drain(lambda i: work(*args[i]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.data.jobs import run_tasks
@@ -31,6 +33,39 @@ def test_two_workers_are_this_process_and_one_spawned_and_keep_the_order():
     assert len(set(pids)) == 2 and os.getpid() in pids
     # This process starts at once, the spawned one after its start-up: it does the larger part.
     assert pids.count(os.getpid()) >= len(pids) / 2
+
+
+def outlive_the_pool(x: int, parent: int, done: Path) -> bool:
+    """The spawned worker's task marks ``done``; this process's waits for that mark, then
+    says whether the worker exits (within 10 s) while this process still works."""
+    if os.getpid() != parent:
+        done.touch()
+        return True
+    for _ in range(600):  # the worker's start-up and task: up to 30 s
+        if done.exists():
+            break
+        time.sleep(0.05)
+    for _ in range(200):
+        if not spawned_workers():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def spawned_workers() -> list[psutil.Process]:
+    """This process's pool workers (not multiprocessing's resource tracker, which stays)."""
+    return [
+        child
+        for child in psutil.Process().children()
+        if any("spawn_main" in part for part in child.cmdline())
+    ]
+
+
+def test_the_workers_exit_once_no_task_is_left_while_this_process_works(tmp_path):
+    # Task 0 is this process's; the spawned worker's task 1 is the last one handed out.
+    tasks = [(x, os.getpid(), tmp_path / "done") for x in range(2)]
+    assert run_tasks(outlive_the_pool, tasks, workers=2) == [True, True]
+    assert not spawned_workers()  # and every one was waited for
 
 
 def test_one_worker_runs_everything_here():
