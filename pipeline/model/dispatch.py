@@ -30,7 +30,9 @@ Two dispatchers share that interface (as torchtitan's ``token_dispatcher.py`` do
 
 Where the routing weight is applied is the backend's choice, recorded in :class:`ExpertRows`:
 the torch experts scale their hidden rows (cheaper when F < D), the reference and Triton paths
-weight the outputs in combine. The result is the same function.
+weight the outputs in combine. The torch experts also sum the rows per token themselves
+(:mod:`pipeline.ops.torch_experts`: no S×D output buffer), so their combine passes the
+``(T, D)`` result on. The result is the same function.
 
 Shapes (``docs/ARCHITECTURE.md``): T tokens, K slots, S grouped rows of this rank, M rows this
 rank receives from its peers, E experts, e local experts, P expert-parallel ranks, D model dim.
@@ -89,7 +91,8 @@ class TokenDispatcher(ABC):
 
     @abstractmethod
     def combine(self, out_SD: torch.Tensor, rows: ExpertRows, plan: object) -> torch.Tensor:
-        """``(T, D)``: the experts' output rows weighted and summed per token."""
+        """``(T, D)``: the experts' output rows weighted and summed per token (the torch
+        experts' output is summed already: ``(T, D)`` in, the same out)."""
 
 
 class LocalDispatcher(TokenDispatcher):
@@ -121,7 +124,7 @@ class LocalDispatcher(TokenDispatcher):
             return triton_dispatch.combine(out_SD, rows.row_TK, rows.weights_TK)
         if rows.backend == "reference":
             return reference.combine(out_SD, rows.tok_S, rows.weight_S, rows.num_tokens)
-        return torch_dispatch.combine(out_SD, rows.tok_S, rows.num_tokens)
+        return out_SD  # the torch experts summed their rows per token (T, D) themselves
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def _stack_gate_and_up(module, state_dict, prefix, local_metadata, strict, missi
 
 
 def swiglu_experts(rows: ExpertRows, w13_E2FD: torch.Tensor, w2_EDF: torch.Tensor) -> torch.Tensor:
-    """``(S, D)``: each grouped row through its expert, with the backend that grouped it."""
+    """Each grouped row through its expert, with the backend that grouped it: ``(S, D)``, or
+    for the torch backend ``(T, D)``, the rows already summed per token (the combine fused)."""
     if rows.backend == "triton":
         from pipeline.ops import triton_experts  # imports Triton: see pipeline.ops
 

@@ -220,5 +220,4 @@ def routed_experts(
     where an id of -1 (an empty slot) contributes nothing. The same function on every backend
     (``tests/model/test_backends.py`` holds them to the reference, forward and every gradient)."""
     rows, plan = dispatcher.dispatch(x_TD, weights_TK, ids_TK, backend)
-    out_SD = swiglu_experts(rows, w13_E2FD, w2_EDF)
-    return dispatcher.combine(out_SD, rows, plan)
+    return dispatcher.combine(swiglu_experts(rows, w13_E2FD, w2_EDF), rows, plan)

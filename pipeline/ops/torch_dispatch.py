@@ -27,6 +27,7 @@ def sort_by_expert(ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Tensor
 
 
 def combine(out_SD: torch.Tensor, tok_S: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """``y[t] = Σ out[s]`` over the rows of token ``t``: the torch experts have applied the
-    routing weights already (to their hidden rows, :mod:`pipeline.ops.torch_experts`)."""
+    """``y[t] = Σ out[s]`` over the rows of token ``t``: the torch experts call it on their
+    weighted output rows (:mod:`pipeline.ops.torch_experts`, which applies the routing weights
+    to the hidden rows)."""
     return out_SD.new_zeros(num_tokens, out_SD.shape[1]).index_add_(0, tok_S, out_SD)

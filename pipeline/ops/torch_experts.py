@@ -1,16 +1,17 @@
-"""The ``torch`` backend's experts: SwiGLU over expert-grouped rows as grouped GEMMs.
+"""The ``torch`` backend's experts and combine: SwiGLU over expert-grouped rows, summed per token.
 
-One autograd node (gather → grouped SwiGLU), so the backward chooses its own GEMM layouts and
-keeps only what it needs:
+One autograd node (gather → SwiGLU → sum per token), so the backward chooses its own GEMM
+layouts and keeps only what it needs:
 
 - the token rows are gathered by ``tok_S`` inside the node, and the gather's backward (an
   ``index_add`` of the row gradients) runs inside its backward;
-- ``h = silu(x W1ᵀ) * (x W3ᵀ) * w`` and ``o = h W2ᵀ`` as grouped GEMMs over the groups (``W1`` and
-  ``W3`` are the stacked ``w13 (E, 2F, D)`` parameter, so one GEMM computes both projections
-  forward, and one computes their input gradient backward, with no copy of the weights);
+- ``h = silu(x W1ᵀ) * (x W3ᵀ) * w`` and ``o = h W2ᵀ`` per group (``W1`` and ``W3`` are the
+  stacked ``w13 (E, 2F, D)`` parameter, so one GEMM computes both projections forward, and one
+  computes their input gradient backward, with no copy of the weights);
 - the routing weight ``w`` scales the hidden rows (S×F) rather than the outputs (S×D), which is
-  cheaper for fine-grained experts (F < D) and identical in exact arithmetic; the combine
-  (:mod:`pipeline.ops.torch_dispatch`) then only sums rows.
+  cheaper for fine-grained experts (F < D) and identical in exact arithmetic;
+- the output rows are summed onto their tokens inside the node (the combine, so the
+  dispatcher's combine passes the result on): expert by expert, no S×D output exists.
 
 Shapes (``docs/ARCHITECTURE.md``): T tokens, S grouped rows, E experts, D model dim, F expert
 hidden.
@@ -25,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pipeline.ops.torch_dispatch import combine
 from pipeline.ops.torch_gemm import gemm_dtype, grouped_mm
 
 log = logging.getLogger(__name__)
@@ -38,104 +40,120 @@ def swiglu_experts(
     w13_E2FD: torch.Tensor,
     w2_EDF: torch.Tensor,
 ) -> torch.Tensor:
-    """``o[s] = weight[s] · SwiGLU_e(x[tok[s]])`` for the rows ``s`` of each expert ``e``'s group
-    (no weight when ``weight_S`` is None), in the GEMM dtype (:func:`gemm_dtype`)."""
-    return _GroupedSwiGLU.apply(x_TD, weight_S, tok_S, offs_E, w13_E2FD, w2_EDF)
+    """``y[t] = Σ weight[s] · SwiGLU_e(x[t])`` over the rows ``s`` with ``tok[s] = t`` (``e`` the
+    expert whose group holds ``s``; no weight when ``weight_S`` is None): the experts and the
+    combine in one op, ``(T, D)`` in the GEMM dtype (:func:`gemm_dtype`)."""
+    return _RoutedSwiGLU.apply(x_TD, weight_S, tok_S, offs_E, w13_E2FD, w2_EDF)
 
 
-# On a CPU, when the pre-activations [g | u] (S×2F) exceed the last-level cache, the SwiGLU
-# elementwise passes over them run at DRAM speed; running the experts one by one, each GEMM
-# followed at once by its elementwise work on a cache-sized group, avoids that, but small groups
-# lose more in GEMM efficiency than they gain in cache. Where the two cross depends on the
-# machine: on a 2-core AVX-512 EPYC (32 MiB L3; fp32, T=4096, D=512, the two paths alternating
-# in one process) E=8, F=1024 ([g | u] 64 MiB, 1024 rows per expert) ran 571 vs 625 ms per layer
-# forward+backward one by one, while E=64, F=128 (32 MiB, 512 rows) ran 448 vs 424 ms grouped;
-# byte thresholds tuned there did not carry to a 2-core AVX2 machine (issue 18). So on a CPU the
-# path is measured: the first time a direction (forward, backward) meets a problem
-# (:func:`_problem`), both paths run twice, alternately, and the faster is kept for the process
-# (:func:`_faster_path`). The two paths compute bit-identical results (the same GEMM per group,
-# the same elementwise operations: tests/ops/test_torch_experts.py), so the choice changes the
-# speed, never the numbers. Problems below both floors here run grouped unmeasured: [g | u] that
-# fits any last-level cache, or groups too small for one-by-one GEMMs to stand a chance.
+# Two paths compute the op on a CPU. Grouped: gather all S rows (S×D), grouped GEMMs over them,
+# then sum the S output rows per token. Expert by expert: each group's rows are gathered, run
+# through their expert and added onto their tokens while they are in cache, so no S×D buffer
+# exists in either direction (the backward gathers a group's rows again; the idea of ScatterMoE,
+# arXiv:2403.08245, whose kernels read and write scattered rows directly), but a group's GEMMs
+# are smaller and the Python loop costs per expert. S×D buffers of 32 MiB and more hurt most:
+# glibc hands each one out fresh from the kernel (mmap) and the first touch of every page
+# faults (~25 ms for 64 MiB here). Measured on a 2-core AVX-512 EPYC (this op forward+backward,
+# fp32, T=4096, D=512, medians of 10 rotations of the two paths): E=64, k=8, F=128 (S×D 64 MiB)
+# 349 ms grouped against 286 expert by expert; E=8, k=2, F=1024: 555 against 497; E=32, k=4,
+# F=256 (32 MiB): 297 against 287. Byte thresholds tuned on one machine did not carry to a 2-core
+# AVX2 machine (issue 18), so on a CPU the path is measured: the first time a direction
+# (forward, backward) meets a problem (:func:`_problem`), both paths run twice, alternately, and
+# the faster is kept for the process (:func:`_faster_path`). The two paths compute
+# bit-identical results (the same GEMM per group, the same elementwise operations, the rows
+# added onto their tokens in the same order: tests/ops/test_torch_experts.py), so the choice
+# changes the speed, never the numbers. Problems below both floors here run grouped
+# unmeasured: [g | u] that fits any last-level cache, or groups too small for one-by-one GEMMs
+# to stand a chance.
 CPU_PER_GROUP_MIN_BYTES = 8 * 2**20  # of the [g | u] buffer
 CPU_PER_GROUP_MIN_ROWS = 128  # mean rows per expert
 GROUPED, PER_EXPERT = "grouped", "expert by expert"
 _faster: dict[tuple, str] = {}  # problem -> the path measured faster on it, in this process
 
 
-class _GroupedSwiGLU(torch.autograd.Function):
-    """Gather → grouped SwiGLU (weighted hidden rows), with a hand-written backward.
+class _RoutedSwiGLU(torch.autograd.Function):
+    """Gather → SwiGLU (weighted hidden rows) → sum per token, with a hand-written backward.
 
-    Saved for backward: the gathered rows ``xs`` (S×D), the stacked pre-activations ``[g | u]``
-    (S×2F), ``silu(g)`` and the activation ``a = silu(g)·u`` (S×F each): keeping the last two
-    costs 2·S·F floats and saves the backward two elementwise passes over S×F.
-
-    The rows are processed either all at once through grouped GEMMs, or group by group (large
-    CPU problems, when measured faster: :func:`_run`): the same arithmetic either way.
+    Saved for backward: the stacked pre-activations ``[g | u]`` (S×2F), ``silu(g)`` and the
+    activation ``a = silu(g)·u`` (S×F each): keeping the last two costs 2·S·F floats and saves
+    the backward two elementwise passes over S×F; and the token rows ``x`` (T×D), gathered again
+    by the backward, or the gathered rows (S×D) where the grouped forward formed them anyway.
     """
 
     @staticmethod
     def forward(ctx, x_TD, w_S, tok_S, offs_E, w13_E2FD, w2_EDF):
         dt = gemm_dtype(x_TD.dtype, x_TD.device)
-        w13 = w13_E2FD.to(dt)  # the parameter itself when it is in the GEMM dtype: no copy
+        x = x_TD.to(dt)  # the input itself when it is in the GEMM dtype: no copy
+        w13 = w13_E2FD.to(dt)
         w2 = w2_EDF.to(dt)
-        xs_SD = x_TD.to(dt).index_select(0, tok_S)
         ws_S1 = None if w_S is None else w_S.to(dt).unsqueeze(1)
+        rows, hidden = tok_S.shape[0], w2.shape[-1]
 
         def grouped():
-            return _swiglu_forward(xs_SD, ws_S1, w13, w2, _grouped(offs_E))
+            xs_SD = x.index_select(0, tok_S)
+            saved, o_SD = _swiglu_forward(xs_SD, ws_S1, w13, w2, _grouped(offs_E))
+            return xs_SD, saved, combine(o_SD, tok_S, x.shape[0])
 
         def per_expert(groups):
-            # Each group writes into its rows of the whole buffers: no concatenation after.
-            rows, hidden = xs_SD.shape[0], w2.shape[-1]
-            saved = [xs_SD.new_empty(rows, n) for n in (2 * hidden, hidden, hidden)]
-            o_SD = xs_SD.new_empty(rows, w2.shape[1])
+            # Each group writes into its rows of the saved buffers: no concatenation after.
+            saved = [x.new_empty(rows, n) for n in (2 * hidden, hidden, hidden)]
+            y_TD = x.new_zeros(x.shape[0], w2.shape[1])
             for e, lo, hi in groups:
-                out = [t[lo:hi] for t in (*saved, o_SD)]
-                rows_ws = _rows(ws_S1, lo, hi)
-                _swiglu_forward(xs_SD[lo:hi], rows_ws, w13[e : e + 1], w2[e : e + 1], _single, out)
-            return saved, o_SD
+                out = (*(t[lo:hi] for t in saved), None)
+                _, o = _swiglu_forward(
+                    x.index_select(0, tok_S[lo:hi]),
+                    _rows(ws_S1, lo, hi),
+                    w13[e : e + 1],
+                    w2[e : e + 1],
+                    _single,
+                    out,
+                )
+                y_TD.index_add_(0, tok_S[lo:hi], o)
+            return None, saved, y_TD
 
-        saved, o_SD = _run("forward", xs_SD, offs_E, w2.shape[-1], grouped, per_expert)
-        ctx.save_for_backward(xs_SD, ws_S1, *saved, tok_S, offs_E, w13, w2)
+        xs_SD, saved, y_TD = _run("forward", x, rows, offs_E, hidden, grouped, per_expert)
+        ctx.save_for_backward(x, xs_SD, ws_S1, *saved, tok_S, offs_E, w13, w2)
         weight_dtype = None if w_S is None else w_S.dtype
         ctx.dtypes = (x_TD.dtype, weight_dtype, w13_E2FD.dtype, w2_EDF.dtype)
-        ctx.num_tokens = x_TD.shape[0]
-        return o_SD
+        return y_TD
 
     @staticmethod
-    def backward(ctx, do_SD):
-        xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, tok_S, offs_E, w13_E2FD, w2 = ctx.saved_tensors
+    def backward(ctx, dy_TD):
+        x, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, tok_S, offs_E, w13_E2FD, w2 = ctx.saved_tensors
         dx_dtype, dw_dtype, dw13_dtype, dw2_dtype = ctx.dtypes
         # grouped_mm needs a contiguous gradient (a stride-0 one, from a sum, is not).
-        do_SD = do_SD.contiguous()
-        rows = (do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF)
-
-        def new_dx():
-            return xs_SD.new_zeros(ctx.num_tokens, xs_SD.shape[1])
+        dy_TD = dy_TD.contiguous()
+        saved = (ws_S1, gu_S2F, silu_SF, a_SF)
 
         def grouped():
-            dxs_SD, dws_S, dw13, dw2 = _swiglu_backward(*rows, w13_E2FD, w2, _grouped(offs_E))
-            return new_dx().index_add_(0, tok_S, dxs_SD), dws_S, dw13, dw2
+            xs = x.index_select(0, tok_S) if xs_SD is None else xs_SD
+            dxs_SD, dws_S, dw13, dw2 = _swiglu_backward(
+                dy_TD.index_select(0, tok_S), xs, *saved, w13_E2FD, w2, _grouped(offs_E)
+            )
+            return combine(dxs_SD, tok_S, x.shape[0]), dws_S, dw13, dw2
 
         def per_expert(groups):
-            # Each group's row gradients go straight into dx (cache-sized, where one S×D buffer
-            # would not be), in the same row order as the grouped path's index_add.
+            # Each group's row gradients go straight onto dx, in the grouped path's row order.
             dw13, dw2 = torch.zeros_like(w13_E2FD), torch.zeros_like(w2)  # empty groups: zero
-            dx_TD = new_dx()
+            dx_TD = torch.zeros_like(x)
             dws_S = None if ws_S1 is None else ws_S1.new_empty(ws_S1.shape[0])
             for e, lo, hi in groups:
+                tok = tok_S[lo:hi]
                 dxs, _, dw13[e], dw2[e] = _swiglu_backward(
-                    *(_rows(t, lo, hi) for t in rows),
+                    dy_TD.index_select(0, tok),
+                    x.index_select(0, tok),
+                    *(_rows(t, lo, hi) for t in saved),
                     w13_E2FD[e : e + 1],
                     w2[e : e + 1],
                     _single,
                     (None, _rows(dws_S, lo, hi)),
                 )
-                dx_TD.index_add_(0, tok_S[lo:hi], dxs)
+                dx_TD.index_add_(0, tok, dxs)
             return dx_TD, dws_S, dw13, dw2
 
-        dx_TD, dws_S, dw13, dw2 = _run("backward", xs_SD, offs_E, w2.shape[-1], grouped, per_expert)
+        dx_TD, dws_S, dw13, dw2 = _run(
+            "backward", x, tok_S.shape[0], offs_E, w2.shape[-1], grouped, per_expert
+        )
         return (
             _cast(dx_TD, dx_dtype),
             _cast(dws_S, dw_dtype),
@@ -146,10 +164,10 @@ class _GroupedSwiGLU(torch.autograd.Function):
         )
 
 
-def _run(direction, xs_SD, offs_E, hidden, grouped, per_expert):
+def _run(direction, x_TD, rows, offs_E, hidden, grouped, per_expert):
     """``direction``'s result through the path for this problem: ``grouped()``, or
     ``per_expert(groups)`` with the ``(expert, first row, end row)`` of the non-empty groups."""
-    problem = _problem(direction, xs_SD, offs_E, hidden)
+    problem = _problem(direction, x_TD, rows, offs_E, hidden)
     if problem is None:
         return grouped()
     ends = offs_E.tolist()
@@ -161,16 +179,16 @@ def _run(direction, xs_SD, offs_E, hidden, grouped, per_expert):
     return grouped() if path == GROUPED else per_expert(groups)
 
 
-def _problem(direction: str, xs_SD: torch.Tensor, offs_E: torch.Tensor, hidden: int):
-    """What the path choice is cached under: direction, dtype, E, D, F and the row count rounded
-    up to a power of two (routing moves the count a little from step to step); None when the
-    problem runs grouped unmeasured (not on a CPU, or below both floors above)."""
-    rows, experts = xs_SD.shape[0], offs_E.numel()
-    gu_bytes = rows * 2 * hidden * xs_SD.element_size()
+def _problem(direction: str, x_TD: torch.Tensor, rows: int, offs_E: torch.Tensor, hidden: int):
+    """What the path choice is cached under: direction, dtype, E, D, F and the row count S
+    rounded up to a power of two (routing moves the count a little from step to step); None
+    when the problem runs grouped unmeasured (not on a CPU, or below both floors above)."""
+    experts = offs_E.numel()
+    gu_bytes = rows * 2 * hidden * x_TD.element_size()
     small = rows < CPU_PER_GROUP_MIN_ROWS * experts or gu_bytes < CPU_PER_GROUP_MIN_BYTES
-    if xs_SD.device.type != "cpu" or small or rows == 0:
+    if x_TD.device.type != "cpu" or small or rows == 0:
         return None
-    return direction, xs_SD.dtype, experts, xs_SD.shape[1], hidden, 1 << (rows - 1).bit_length()
+    return direction, x_TD.dtype, experts, x_TD.shape[1], hidden, 1 << (rows - 1).bit_length()
 
 
 def _faster_path(problem: tuple, grouped, per_expert):

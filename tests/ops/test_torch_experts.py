@@ -1,6 +1,7 @@
-"""The torch experts op's two CPU paths (grouped GEMMs, expert by expert) and the first-use
-measurement that picks between them: the paths must agree bit for bit, forward and every
-gradient, so that the measured choice changes the speed and never the numbers."""
+"""The torch experts op's two CPU paths (grouped GEMMs, expert by expert, each with the combine)
+and the first-use measurement that picks between them: the paths must agree bit for bit,
+forward and every gradient, so that the measured choice changes the speed and never the
+numbers; and both compute the reference's function."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.ops import torch_experts
+from pipeline.ops import reference, torch_experts
 
 T, D, E, F, K = 48, 16, 4, 8, 2
 
@@ -62,6 +63,24 @@ def test_both_cpu_paths_agree_bit_for_bit(weighted, monkeypatch):
     assert torch.equal(grouped[-2][E - 1], torch.zeros(2 * F, D)), "empty expert: zero dw13"
 
 
+@pytest.mark.parametrize("path", [torch_experts.GROUPED, torch_experts.PER_EXPERT])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_each_path_is_the_reference_gather_experts_and_combine(path, weighted, monkeypatch):
+    got = _run(path, weighted, monkeypatch)
+    tok, offs, leaves = _problem_inputs(weighted)
+    out = reference.combine(
+        reference.swiglu_experts(leaves["x"], tok, offs, leaves["w13"], leaves["w2"]),
+        tok,
+        leaves.get("w"),
+        T,
+    )
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    want = [out.detach(), *(leaf.grad for leaf in leaves.values())]
+    assert got[0].shape == (T, D)  # summed per token: the combine is inside the op
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_first_use_measures_both_paths_then_keeps_the_faster(monkeypatch):
     monkeypatch.setattr(torch_experts, "CPU_PER_GROUP_MIN_BYTES", 0)
     monkeypatch.setattr(torch_experts, "CPU_PER_GROUP_MIN_ROWS", 0)
@@ -81,8 +100,8 @@ def test_first_use_measures_both_paths_then_keeps_the_faster(monkeypatch):
 
 def test_small_problems_run_grouped_unmeasured():
     tok, offs, leaves = _problem_inputs(weighted=True)
-    xs = leaves["x"].detach()[tok]
-    assert torch_experts._problem("forward", xs, offs, F) is None  # defaults: far below floors
+    x = leaves["x"].detach()
+    assert torch_experts._problem("forward", x, len(tok), offs, F) is None  # far below floors
     calls = itertools.count()
-    torch_experts._run("forward", xs, offs, F, lambda: next(calls), None)
+    torch_experts._run("forward", x, len(tok), offs, F, lambda: next(calls), None)
     assert next(calls) == 1  # grouped ran once, nothing measured
