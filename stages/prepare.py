@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.config import Params, load_params
 from pipeline.data.corpus import clean_unit, merge_units
 from pipeline.data.digests import record_digests
-from pipeline.data.files import glob_root
+from pipeline.data.files import glob_root, no_document
 from pipeline.data.jobs import (
     fresh_dir,
     missing_tasks,
@@ -92,6 +92,7 @@ def merge(params: Params, paths: Paths) -> dict:
     missing_tasks([(_marker(paths, u), task(params, u)) for u in units], "prepare")
     results = [read_result(_marker(paths, u), task(params, u)) for u in units]
     try:
+        _refuse_empty_cut_files(params, units, results)
         out = {s: fresh_dir(paths.prepare_staging / "out" / s) for s in SPLITS}
         corpus = merge_units(
             params.prepare,
@@ -137,6 +138,19 @@ def run(params: Params, paths: Paths) -> dict:
         shutil.rmtree(paths.prepare_staging, ignore_errors=True)
         raise
     return merge(params, paths)
+
+
+def _refuse_empty_cut_files(params: Params, units: list[SourceUnit], results: list[dict]) -> None:
+    """A cut ``.jsonl`` file's ranges are tasks of their own, any of which may hold no line:
+    the file is refused, as an uncut one is when read, when its ranges read no document."""
+    read: dict[str, int] = {}
+    for unit, result in zip(units, results, strict=True):
+        if "bytes" in unit.key:
+            ((path, _, _),) = unit.key["files"]
+            read[path] = read.get(path, 0) + result["read"]
+    for path, documents in read.items():
+        if documents == 0:
+            raise no_document(params.prepare.files, path)
 
 
 def _unit_dir(paths: Paths, unit: SourceUnit):

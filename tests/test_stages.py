@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
+from pipeline.data.documents import DataError
 from pipeline.data.prepared import read_prepared
 from pipeline.data.shards import open_split
 from pipeline.data.sources import plan_units
@@ -165,6 +166,19 @@ def test_merge_with_a_missing_job_names_the_tasks_and_writes_nothing(tmp_path, s
     assert not Paths(root=tmp_path).prepared_split("train").exists()
     assert run_stage("prepare", tmp_path, stage_env, "--shard=1/3").returncode == 0
     assert run_stage("prepare", tmp_path, stage_env, "--merge").returncode == 0
+
+
+def test_a_cut_jsonl_file_of_blank_lines_is_refused_and_nothing_is_written(tmp_path):
+    write_files_corpus(tmp_path)
+    (tmp_path / "corpus" / "large").mkdir()
+    (tmp_path / "corpus" / "large" / "blank.jsonl").write_text("\n" * 100_000)  # 0.1 MB
+    params = parse_params(sharded_params(1))
+    paths = Paths(root=tmp_path)
+    units = plan_units(prepare.anchored(params, paths).prepare, 7)
+    assert sum("blank.jsonl" in u.key["files"][0][0] for u in units if "bytes" in u.key) >= 3
+    with pytest.raises(DataError, match=r"blank\.jsonl: holds no document \(an empty shard"):
+        prepare.run(params, paths)
+    assert not paths.prepared_split("train").exists() and not paths.prepare_staging.exists()
 
 
 def test_stage_commands_track_lineage_in_mlflow(tmp_path, mlflow_uri, stage_env):

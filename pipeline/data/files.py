@@ -114,10 +114,16 @@ def read_file(
         count += 1
         yield document
     if count == 0 and byte_range is None:
-        raise DataError(
-            f"{path}: holds no document (an empty shard among the files of prepare.files.glob "
-            f"{cfg.glob!r}); remove it or narrow the glob"
-        )
+        raise no_document(cfg, path)
+
+
+def no_document(cfg: FilesSource, path: str) -> DataError:
+    """The refusal of a file that holds no document (a cut file's is checked by the merge,
+    over all of its ranges)."""
+    return DataError(
+        f"{path}: holds no document (an empty shard among the files of prepare.files.glob "
+        f"{cfg.glob!r}); remove it or narrow the glob"
+    )
 
 
 def _invalid_utf8(where: str, offset: int, data: bytes) -> DataError:
