@@ -54,7 +54,7 @@ from pipeline.train.trainer import train
 LABELS = {Attention: "## attention", MoELayer: "## moe"}  # and others by name, below
 GEMMS = ("aten::mm", "aten::_grouped_mm", "aten::bmm", "aten::addmm")
 GATHER_SCATTER = ("aten::index_select", "aten::index_add_", "aten::index_add")
-EXPERTS_FORWARD, EXPERTS_BACKWARD = "_GroupedSwiGLU", "_GroupedSwiGLUBackward"
+EXPERTS_FORWARD, EXPERTS_BACKWARD = "_RoutedSwiGLU", "_RoutedSwiGLUBackward"
 HEAD_LOSS = "_LinearCrossEntropy"  # the head and the loss, one op (forms its gradients too)
 ATTENTION_GEMMS, SDPA, ATTENTION_REST = (
     "attention: q/k/v/o projection GEMMs",
