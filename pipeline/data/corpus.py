@@ -96,32 +96,31 @@ class _PartWriter:
         self.directory, self.split, self.shard_bytes = directory, split, shard_bytes
         self.done: list[dict] = []
         self._part: _Part | None = None
-        self._texts: list[str] = []
+        self._texts_utf8: list[bytes] = []
         self._domains: list[str] = []
 
-    def add(self, text: str, domain: str, size: int) -> None:
+    def add(self, text_utf8: bytes, domain: str) -> None:
         if self._part is None:
             name = f"{self.split}-{len(self.done):04d}.parquet"
             self._part = _Part(name)
             self._atomic = atomic_path(self.directory / name)
             self._writer = pq.ParquetWriter(self._atomic.__enter__(), SCHEMA, compression="zstd")
-        self._texts.append(text)
+        self._texts_utf8.append(text_utf8)
         self._domains.append(domain)
-        part = self._part
+        part, size = self._part, len(text_utf8)
         part.documents += 1
         part.bytes += size
         part.domains[domain] += 1
         part.domain_bytes[domain] += size
-        if len(self._texts) >= _BATCH:
+        if len(self._texts_utf8) >= _BATCH:
             self._flush()
         if part.bytes >= self.shard_bytes:
             self.close()
 
     def _flush(self) -> None:
-        if self._texts:
-            table = documents_table(self._texts, self._domains)
-            self._writer.write_table(table)
-            self._texts, self._domains = [], []
+        if self._texts_utf8:
+            self._writer.write_table(documents_table(self._texts_utf8, self._domains))
+            self._texts_utf8, self._domains = [], []
 
     def close(self) -> None:
         if self._part is None:
@@ -174,16 +173,16 @@ def _clean_documents(
                     f"prepare.max_document_mb = {cfg.max_document_mb:g} MB; raise the limit or "
                     "cut it (for .txt files: prepare.files.split_txt: paragraphs)"
                 )
-            rows.append((text, doc.domain, len(data), hashlib.sha256(data).digest()))
+            rows.append((data, doc.domain, hashlib.sha256(data).digest()))
         if not rows:
             continue
-        prints = fingerprints([row[3] for row in rows])
+        prints = fingerprints([row[2] for row in rows])
         keep = seen.first_new(prints)
         duplicates += len(rows) - int(keep.sum())
-        splits = [assign_split(row[3], cfg) for row in rows]
+        splits = [assign_split(row[2], cfg) for row in rows]
         for i in np.flatnonzero(keep):
-            text, domain, size, _ = rows[i]
-            writers[splits[i]].add(text, domain, size)
+            data, domain, _ = rows[i]
+            writers[splits[i]].add(data, domain)
         for split, handle in kept.items():
             chosen = keep & np.array([s == split for s in splits])
             handle.write(prints[chosen].tobytes())

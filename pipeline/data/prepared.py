@@ -30,25 +30,26 @@ FORMAT = "moe-pipeline-documents/1"
 SCHEMA = pa.schema([("text", pa.string()), ("domain", pa.string())])
 
 
-def documents_table(texts: Sequence[str], domains: Sequence[str]) -> pa.Table:
-    """``texts`` and their ``domains`` as a table of :data:`SCHEMA`.
+def documents_table(texts_utf8: Sequence[bytes], domains: Sequence[str]) -> pa.Table:
+    """The documents as a table of :data:`SCHEMA`, from their texts' UTF-8 bytes (which the
+    prepare stage has already formed: it hashes them).
 
-    The columns are built from their UTF-8 bytes and offsets rather than by ``pa.array``, which
+    The columns are built from the bytes and their offsets rather than by ``pa.array``, which
     imports pandas (~0.2 s) the first time it converts a Python list: a cost every spawned
     prepare worker would pay. A column of 2 GiB or more, past a string array's 32-bit offsets,
     goes through ``pa.array``, which splits it into chunks."""
-    return pa.Table.from_arrays([_strings(texts), _strings(domains)], schema=SCHEMA)
+    domains_utf8 = [d.encode("utf-8") for d in domains]
+    return pa.Table.from_arrays([_strings(texts_utf8), _strings(domains_utf8)], schema=SCHEMA)
 
 
 STRING_ARRAY_BYTES = 2**31 - 1  # the most a string array's int32 offsets address
 
 
-def _strings(values: Sequence[str]) -> pa.Array | pa.ChunkedArray:
-    encoded = [v.encode("utf-8") for v in values]
+def _strings(encoded: Sequence[bytes]) -> pa.Array | pa.ChunkedArray:
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     if offsets[-1] > STRING_ARRAY_BYTES:
-        return pa.array(values, pa.string())
+        return pa.array(encoded, pa.string())
     return pa.StringArray.from_buffers(
         len(encoded), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))
     )
@@ -118,12 +119,12 @@ def write_prepared(
     written = []
     for index, documents in enumerate(shards):
         path = directory / shard_name(split, index)
-        texts = [text for text, _ in documents]
-        table = documents_table(texts, [d for _, d in documents])
+        texts_utf8 = [text.encode("utf-8") for text, _ in documents]
+        table = documents_table(texts_utf8, [d for _, d in documents])
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-        size = sum(len(t.encode("utf-8")) for t in texts)
-        written.append(DocumentShard(path, len(texts), size, sha256_file(path)))
+        size = sum(map(len, texts_utf8))
+        written.append(DocumentShard(path, len(texts_utf8), size, sha256_file(path)))
     write_manifest(directory, split, written)
     return read_prepared(directory)
 
