@@ -131,15 +131,16 @@ def run_tasks(
         initializer=_set_env,
         initargs=(env or {},),
     )
-    feeding = [spawned]  # feeders still handing out tasks
+    feeding = spawned  # feeders still handing out tasks
 
     def feed() -> None:
+        nonlocal feeding
         try:
             drain(lambda i: pool.submit(work, *args[i]).result())
         finally:
             with lock:
-                feeding[0] -= 1
-                last = feeding[0] == 0
+                feeding -= 1
+                last = feeding == 0
             if last:  # no task is left to hand out: the workers exit (and are waited for
                 pool.shutdown()  # here) while this process may still work on its last task
 

@@ -90,9 +90,9 @@ class TokenDispatcher(ABC):
         """``(rows for the experts, what combine needs)``; ``weights_TK`` None = weight 1."""
 
     @abstractmethod
-    def combine(self, out_SD: torch.Tensor, rows: ExpertRows, plan: object) -> torch.Tensor:
-        """``(T, D)``: the experts' output rows weighted and summed per token (the torch
-        experts' output is summed already: ``(T, D)`` in, the same out)."""
+    def combine(self, out: torch.Tensor, rows: ExpertRows, plan: object) -> torch.Tensor:
+        """``(T, D)``: the experts' output rows ``out`` (S, D) weighted and summed per token;
+        the torch experts' ``out`` is summed already, ``(T, D)``, and passes on."""
 
 
 class LocalDispatcher(TokenDispatcher):
@@ -117,14 +117,14 @@ class LocalDispatcher(TokenDispatcher):
         weight_S = None if weights_TK is None else weights_TK.reshape(-1)[slot_S]
         return ExpertRows(backend, x_TD, slot_S // ids_TK.shape[1], offs_E, weight_S), None
 
-    def combine(self, out_SD, rows, plan=None) -> torch.Tensor:
+    def combine(self, out, rows, plan=None) -> torch.Tensor:
         if rows.backend == "triton":
             from pipeline.ops import triton_dispatch
 
-            return triton_dispatch.combine(out_SD, rows.row_TK, rows.weights_TK)
+            return triton_dispatch.combine(out, rows.row_TK, rows.weights_TK)
         if rows.backend == "reference":
-            return reference.combine(out_SD, rows.tok_S, rows.weight_S, rows.num_tokens)
-        return out_SD  # the torch experts summed their rows per token (T, D) themselves
+            return reference.combine(out, rows.tok_S, rows.weight_S, rows.num_tokens)
+        return out  # the torch experts summed their rows per token (T, D) themselves
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ class AllToAllDispatcher(TokenDispatcher):
         rows, _ = self.local.dispatch(xr_MD, None, local_ids_M.unsqueeze(1), backend)
         return rows, _AllToAllPlan(slot_S, tok_S, send, recv, weights_TK, x_TD.shape[0], rows)
 
-    def combine(self, out_SD, rows, plan: _AllToAllPlan) -> torch.Tensor:
-        yr_MD = self.local.combine(out_SD, rows).to(rows.x_TD.dtype)  # send in the input dtype
+    def combine(self, out, rows, plan: _AllToAllPlan) -> torch.Tensor:
+        yr_MD = self.local.combine(out, rows).to(rows.x_TD.dtype)  # send in the input dtype
         group = self.shard.group
         ys_SD = all_to_all_single_autograd(yr_MD.contiguous(), plan.send, plan.recv, group)
         w_S1 = plan.weights_TK.reshape(-1)[plan.slot_S].unsqueeze(1).to(ys_SD.dtype)
