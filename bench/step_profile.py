@@ -42,9 +42,8 @@ from lightning.pytorch.profilers import Profiler
 from timing import matmul_peak
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
-from train_throughput import train_config
+from train_throughput import shaped_params
 
-from pipeline.config import load_params
 from pipeline.data.shards import write_split
 from pipeline.model.layers import Attention
 from pipeline.model.moe import MoELayer
@@ -235,10 +234,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    train_cfg, vocab = train_config(args)
-    params = load_params(args.params)
-    tokenize = params.tokenize.model_copy(update={"vocab_size": vocab})
-    params = params.model_copy(update={"train": train_cfg, "tokenize": tokenize})
+    params = shaped_params(args)
     cfg = params.train
     peak = matmul_peak(torch.float32)
     window = ProfileWindow(args.first, args.steps)

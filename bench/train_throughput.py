@@ -23,7 +23,7 @@ import argparse
 import torch
 from timing import against, matmul_peak, ratio, rotation, short_run_note, spread
 
-from pipeline.config import ModelConfig, TrainConfig, load_params
+from pipeline.config import ModelConfig, Params, TrainConfig, load_params
 from pipeline.model import MoETransformer
 from pipeline.train.optim import build_optimizer, param_groups
 
@@ -66,13 +66,18 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
 
 
-def train_config(args: argparse.Namespace) -> tuple[TrainConfig, int]:
-    """``(train section, vocabulary size)`` of the shape ``args`` names."""
+def shaped_params(args: argparse.Namespace) -> Params:
+    """``--params`` with the train section of the shape ``args`` names and the vocabulary size
+    ``--vocab`` (default: the params')."""
     params = load_params(args.params)
     train = params.train.model_dump()
     if args.shape == "mid":
         train = _merged(train, MID)
-    return TrainConfig.model_validate(train), args.vocab or params.tokenize.vocab_size
+    vocab = args.vocab or params.tokenize.vocab_size
+    tokenize = params.tokenize.model_copy(update={"vocab_size": vocab})
+    return params.model_copy(
+        update={"train": TrainConfig.model_validate(train), "tokenize": tokenize}
+    )
 
 
 def _merged(base: dict, update: dict) -> dict:
@@ -144,7 +149,8 @@ class Stepper:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    cfg, vocab = train_config(args)
+    params = shaped_params(args)
+    cfg, vocab = params.train, params.tokenize.vocab_size
     peak = matmul_peak(torch.float32)
     steppers = {
         "moe": Stepper(cfg, cfg.model, vocab),

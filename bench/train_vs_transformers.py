@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from timing import against, format_ratio, parsed, ratio, rotation, short_run_note, spread
-from train_throughput import Stepper, add_common_args, train_config
+from train_throughput import Stepper, add_common_args, shaped_params
 
 from pipeline.config import TrainConfig
 from pipeline.export.architectures import hf_config, hf_state_dict
@@ -119,7 +119,8 @@ def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -
 
 def main() -> None:
     args = parsed(__doc__, add_common_args, IMPLEMENTATIONS)
-    cfg, vocab = train_config(args)
+    params = shaped_params(args)
+    cfg, vocab = params.train, params.tokenize.vocab_size
     ours = Stepper(cfg, cfg.model, vocab, backend="torch")
     with tempfile.TemporaryDirectory() as tmp:
         export(ours, vocab, Path(tmp))
