@@ -37,7 +37,6 @@ from pipeline.data.jobs import (
 )
 from pipeline.data.prepared import iter_texts, read_prepared
 from pipeline.data.sources import SourceUnit, iter_unit, plan_units
-from pipeline.data.synthetic import WORD_PATTERN, word_categories, write_benchmark_sets
 from pipeline.data.word_categories import WordCategories, write_word_categories
 from pipeline.io import sha256_file, write_json
 from pipeline.paths import SPLITS, Paths
@@ -49,6 +48,8 @@ log = logging.getLogger("stages.prepare")
 
 def source_word_categories(params: Params) -> WordCategories:
     """Every word's category where the source knows it (the synthetic generator), else none."""
+    from pipeline.data.synthetic import WORD_PATTERN, word_categories  # see merge
+
     words = word_categories() if params.prepare.source == "synthetic" else {}
     return WordCategories(WORD_PATTERN, words)
 
@@ -104,6 +105,9 @@ def merge(params: Params, paths: Paths) -> dict:
             replace_dir(out[split], paths.prepared_split(split))
     finally:  # the units' parts are consumed (moved or refused): a retry re-runs them
         shutil.rmtree(paths.prepare_staging, ignore_errors=True)
+    # Imported here: a spawned worker imports this module for clean() and needs no generator.
+    from pipeline.data.synthetic import write_benchmark_sets
+
     train = read_prepared(paths.prepared_split("train"))
     stats["benchmark_items"] = write_benchmark_sets(
         params.seed,

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import PrepareConfig
@@ -272,6 +271,8 @@ def _drop_rows(path: Path, drop: np.ndarray) -> dict:
     """Rewrite a part without the rows marked in ``drop``; return its new counts."""
     table = pq.read_table(path).filter(pa.array(~drop))
     part = _Part(path.name)
+    import pyarrow.compute as pc  # the merge's alone: a spawned worker's start-up skips it
+
     sizes = pc.binary_length(table.column("text")).to_pylist()
     for domain, size in zip(table.column("domain").to_pylist(), sizes, strict=True):
         part.documents += 1
