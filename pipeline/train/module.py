@@ -173,7 +173,10 @@ class MoELanguageModel(L.LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True, logger=False)
 
     def configure_optimizers(self) -> dict:
-        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, self.cfg.max_steps)
+        mixed = self.trainer.precision.endswith("-mixed")
+        optimizer, scheduler = build_optimizer(
+            self.model, self.cfg.optim, self.cfg.max_steps, mixed_precision=mixed
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

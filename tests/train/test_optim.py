@@ -66,3 +66,35 @@ def test_scheduler_steps_the_optimizer_lr():
         scheduler.step()
     assert lrs == pytest.approx([5e-3, 1e-2, 1e-2])
     assert scheduler.state_dict()["lr_lambdas"] == [None, None]  # no schedule state is saved
+
+
+def test_adamw_is_fused_unless_the_run_is_mixed_precision():
+    fused, _ = build_optimizer(Toy(), OptimConfig(), max_steps=10)
+    mixed, _ = build_optimizer(Toy(), OptimConfig(), max_steps=10, mixed_precision=True)
+    assert fused.defaults["fused"] is True
+    # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimizer.
+    assert not mixed.defaults["fused"]
+
+
+def test_a_fused_step_matches_the_for_loop_step():
+    """The kernel changes the order of float operations, not what AdamW computes."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].parameters()]
+    cfg = OptimConfig(lr=1e-2, warmup_steps=1)
+    optimizers = [
+        build_optimizer(models[0], cfg, max_steps=10)[0],
+        build_optimizer(models[1], cfg, max_steps=10, mixed_precision=True)[0],  # for-loop
+    ]
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers, strict=True):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for fused, loop, before in zip(
+        models[0].parameters(), models[1].parameters(), start, strict=True
+    ):
+        assert not torch.equal(fused, before)  # the steps moved every parameter
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-7)
