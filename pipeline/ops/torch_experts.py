@@ -133,20 +133,25 @@ class _RoutedSwiGLU(torch.autograd.Function):
             return combine(dxs_SD, tok_S, x.shape[0]), dws_S, dw13, dw2
 
         def per_expert(groups):
-            # Each group's row gradients go straight onto dx, in the grouped path's row order.
-            dw13, dw2 = torch.zeros_like(w13_E2FD), torch.zeros_like(w2)  # empty groups: zero
+            # Each group's row gradients go straight onto dx, in the grouped path's row order;
+            # its weight gradients are written into their expert's slice, and only an expert
+            # without rows is zeroed (a zero fill of every slice cost ~10 ms per step and layer
+            # at mid, issue 18).
+            dw13, dw2 = torch.empty_like(w13_E2FD), torch.empty_like(w2)
+            for e in set(range(w2.shape[0])).difference(e for e, _, _ in groups):
+                dw13[e], dw2[e] = 0, 0
             dx_TD = torch.zeros_like(x)
             dws_S = None if ws_S1 is None else ws_S1.new_empty(ws_S1.shape[0])
             for e, lo, hi in groups:
                 tok = tok_S[lo:hi]
-                dxs, _, dw13[e], dw2[e] = _swiglu_backward(
+                dxs, *_ = _swiglu_backward(
                     dy_TD.index_select(0, tok),
                     x.index_select(0, tok),
                     *(_rows(t, lo, hi) for t in saved),
                     w13_E2FD[e : e + 1],
                     w2[e : e + 1],
                     _single,
-                    (None, _rows(dws_S, lo, hi)),
+                    (None, _rows(dws_S, lo, hi), dw13[e], dw2[e]),
                 )
                 dx_TD.index_add_(0, tok, dxs)
             return dx_TD, dws_S, dw13, dw2
@@ -220,15 +225,15 @@ def _grouped(offs_E: torch.Tensor):
     new tensors: ``out`` is always None here)."""
     return (
         lambda a, b, out=None: grouped_mm(a, b, offs_E),
-        lambda a, b: grouped_mm(a.t(), b, offs_E),
+        lambda a, b, out=None: grouped_mm(a.t(), b, offs_E),
     )
 
 
-# Products for one group: its rows times the single expert matrix ``b[0]`` (into ``out`` when
-# given), and the weight gradient ``aᵀ b`` shaped (1, Z, N) like the grouped one.
+# Products for one group: its rows times the single expert matrix ``b[0]``, and the weight
+# gradient ``aᵀ b`` (its expert's (Z, N) slice); each into ``out`` when given.
 _single = (
     lambda a, b, out=None: torch.mm(a, b[0], out=out),
-    lambda a, b: (a.t() @ b).unsqueeze(0),
+    lambda a, b, out=None: torch.mm(a.t(), b, out=out),
 )
 
 
@@ -246,21 +251,22 @@ def _swiglu_forward(xs_SD, ws_S1, w13_E2FD, w2_EDF, products, out=None):
 
 
 def _swiglu_backward(
-    do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, w13_E2FD, w2_EDF, products, out=(None, None)
+    do_SD, xs_SD, ws_S1, gu_S2F, silu_SF, a_SF, w13_E2FD, w2_EDF, products, out=(None,) * 4
 ):
     """``(dxs, dw_S, dW13, dW2)`` for these rows, from the output gradient ``do`` of each row
-    (``dw_S`` None when the rows carry no weight); ``out``: buffers for ``dxs`` and ``dw_S``."""
+    (``dw_S`` None when the rows carry no weight); ``out``: buffers for the four."""
     mm, mm_t = products
+    dxs_out, dws_out, dw13_out, dw2_out = out
     g_SF, u_SF = gu_S2F.chunk(2, dim=1)
     dh_SF = mm(do_SD, w2_EDF)  # d(a·w)
-    dws_S = None if ws_S1 is None else torch.sum(dh_SF * a_SF, 1, out=out[1])
-    dw2 = mm_t(do_SD, _weighted(a_SF, ws_S1))
+    dws_S = None if ws_S1 is None else torch.sum(dh_SF * a_SF, 1, out=dws_out)
+    dw2 = mm_t(do_SD, _weighted(a_SF, ws_S1), out=dw2_out)
     da_SF = dh_SF if ws_S1 is None else dh_SF.mul_(ws_S1)
     dgu_S2F = torch.empty_like(gu_S2F)  # [dg | du], the gradient of both projections
     dg_SF, du_SF = dgu_S2F.chunk(2, dim=1)
     torch.mul(da_SF, silu_SF, out=du_SF)
     torch.ops.aten.silu_backward.grad_input(da_SF.mul_(u_SF), g_SF, grad_input=dg_SF)
-    return mm(dgu_S2F, w13_E2FD, out=out[0]), dws_S, mm_t(dgu_S2F, xs_SD), dw2
+    return mm(dgu_S2F, w13_E2FD, out=dxs_out), dws_S, mm_t(dgu_S2F, xs_SD, out=dw13_out), dw2
 
 
 def _weighted(a_SF: torch.Tensor, ws_S1: torch.Tensor | None) -> torch.Tensor:
