@@ -9,7 +9,9 @@ model (:data:`MID`). The dense twin replaces every MoE layer by a dense SwiGLU o
 ``top_k · expert_hidden + shared experts``, so each token meets the same number of parameters
 (the router's D·E weights aside). A timed call is one full optimizer step (forward, loss incl.
 the router losses, backward, clipping, AdamW) on one micro-batch; the two models run in rotation
-(:func:`timing.rotation`), and the MoE/dense ratio is taken rotation by rotation
+(:func:`timing.rotation`), each in a process of its own as a trainer would run it
+(:func:`timing.calls_in_processes`; ``--one-process`` for all in one), and the MoE/dense ratio
+is taken rotation by rotation
 (:func:`timing.ratio`: median and lower quartile). MFU uses
 ``MoETransformer.flops_per_token`` (active parameters) against the fp32 matmul peak measured in
 the same run (:func:`timing.matmul_peak`). The data are random token ids: the cost of a step
@@ -19,13 +21,24 @@ does not depend on their values (dropless routing keeps every token whatever the
 from __future__ import annotations
 
 import argparse
+import hashlib
+from functools import partial
 
 import torch
-from timing import against, matmul_peak, ratio, rotation, short_run_note, spread
+from timing import (
+    Built,
+    against,
+    calls_in_processes,
+    matmul_peak,
+    ratio,
+    rotation,
+    short_run_note,
+    spread,
+)
 
 from pipeline.config import ModelConfig, Params, TrainConfig, load_params
 from pipeline.model import MoETransformer
-from pipeline.train.optim import build_optimizer, param_groups
+from pipeline.train.optim import build_optimizer
 
 # The issue-18 mid-size model: 8 layers of d_model 512 (8 heads, 4 key/value heads), 32 experts
 # of hidden 256, top-4, on 8 windows of 512 tokens (4096 tokens, as the default's 16 × 256).
@@ -41,19 +54,7 @@ MOE_OVER_DENSE_TARGET = 0.95
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(p)
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="what-if: AdamW(fused=True) instead of the trainer's foreach AdamW")  # fmt: skip
     return p.parse_args()
-
-
-def fused_adamw(stepper: Stepper, cfg: TrainConfig) -> None:
-    """Gives ``stepper`` the trainer's AdamW (same groups and hyper-parameters), fused: one
-    kernel per parameter instead of a dozen passes over all of them."""
-    o = cfg.optim
-    stepper.optimizer = torch.optim.AdamW(
-        param_groups(stepper.model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
-        eps=o.eps, fused=True,
-    )  # fmt: skip
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +65,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=7, help="timed rotations")
     p.add_argument("--warmups", type=int, default=2, help="untimed rotations first")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--one-process", action="store_true",
+                   help="all models in this process, as before stop 27 (timing.calls_in_processes "
+                        "says why each gets its own by default)")  # fmt: skip
 
 
 def shaped_params(args: argparse.Namespace) -> Params:
@@ -118,15 +122,21 @@ class Stepper:
     ):
         torch.manual_seed(seed)
         self.model = MoETransformer(model_cfg, vocab, backend=backend).to(device).train()
-        self.optimizer, _ = build_optimizer(self.model, cfg.optim, cfg.max_steps)
+        self.optimizer, _ = build_optimizer(
+            self.model, cfg.optim, cfg.max_steps, mixed_precision=autocast is not None
+        )
         self.grad_clip = cfg.optim.grad_clip
         self.device, self.autocast = device, autocast
-        g = torch.Generator().manual_seed(seed)
-        tokens = torch.randint(vocab, (cfg.micro_batch_size, cfg.seq_len + 1), generator=g)
-        self.inputs, self.targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+        self.inputs, self.targets = (t.to(device) for t in micro_batch(cfg, vocab, seed))
         self.tokens_per_step = self.inputs.numel()
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.params = self.model.num_params()
+
+    def built(self) -> Built:
+        """The step and what the tables print of it (:func:`timing.calls_in_processes`)."""
+        facts = {"tokens_per_step": self.tokens_per_step, "params": self.params,
+                 "flops_per_token": self.flops_per_token, "weights": weights_digest(self.model)}  # fmt: skip
+        return self.step, facts
 
     def loss(self) -> torch.Tensor:
         """Forward and loss: cross-entropy plus the router losses the model computed."""
@@ -146,41 +156,66 @@ class Stepper:
         self.after_step()
 
 
+def micro_batch(cfg: TrainConfig, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)``: one micro-batch of random token ids, the same for a seed."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(vocab, (cfg.micro_batch_size, cfg.seq_len + 1), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the parameters' bytes, in order: two processes built the same model when
+    their digests agree."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def built_stepper(cfg: TrainConfig, model_cfg: ModelConfig, vocab: int) -> Built:
+    """A worker's :class:`Stepper` (:func:`timing.calls_in_processes`)."""
+    return Stepper(cfg, model_cfg, vocab).built()
+
+
+def print_run_line(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    where = "all in this process" if args.one_process else "each model in its own process"
+    print(f"shape={args.shape} threads={args.threads} micro-batch={cfg.micro_batch_size}x"
+          f"{cfg.seq_len} rotations={args.reps} warm-ups={args.warmups} torch={torch.__version__}"
+          f" ({where})")  # fmt: skip
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     params = shaped_params(args)
     cfg, vocab = params.train, params.tokenize.vocab_size
     peak = matmul_peak(torch.float32)
-    steppers = {
-        "moe": Stepper(cfg, cfg.model, vocab),
-        "dense": Stepper(cfg, dense_twin(cfg.model), vocab),
+    builders = {
+        "moe": partial(built_stepper, cfg, cfg.model, vocab),
+        "dense": partial(built_stepper, cfg, dense_twin(cfg.model), vocab),
     }
-    for s in steppers.values() if args.fused_adamw else ():
-        fused_adamw(s, cfg)
-    print(f"shape={args.shape} threads={args.threads} micro-batch={cfg.micro_batch_size}x"
-          f"{cfg.seq_len} rotations={args.reps} warm-ups={args.warmups} torch={torch.__version__}"
-          f"{' AdamW fused (what-if)' if args.fused_adamw else ''}")  # fmt: skip
+    print_run_line(args, cfg)
     print(f"fp32 matmul peak (measured, timing.matmul_peak): {peak:.1f} GFLOP/s")
     print(short_run_note(args.reps, args.warmups))
-    times = rotation({name: s.step for name, s in steppers.items()}, args.reps, args.warmups)
-    print_table(steppers, times, peak)
+    with calls_in_processes(builders, args.threads, args.one_process) as (calls, facts):
+        times = rotation(calls, args.reps, args.warmups)
+    print_table(facts, times, peak)
     measured = ratio(times["dense"], times["moe"])
     print("MoE / dense tokens/s, median of per-rotation ratios [lower quartile]: "
           + against(measured, MOE_OVER_DENSE_TARGET))  # fmt: skip
 
 
-def print_table(steppers: dict, times: dict[str, list[float]], peak: float) -> None:
-    """One row per stepper: tokens/s at the median step, at the fastest, the step's IQR, MFU."""
+def print_table(facts: dict[str, dict], times: dict[str, list[float]], peak: float) -> None:
+    """One row per model: tokens/s at the median step, at the fastest, the step's IQR, MFU."""
     print("| model | total params | active params | tokens/s (median) | tokens/s (best) | "
           "step IQR ms | MFU (fp32 peak) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for name, s in steppers.items():
+    for name, f in facts.items():
         st = spread(times[name])
-        rate = s.tokens_per_step / st.median
-        mfu = rate * s.flops_per_token / (peak * 1e9)
-        print(f"| {name} | {s.params['total']:,} | {s.params['active']:,} | {rate:,.0f} | "
-              f"{s.tokens_per_step / st.minimum:,.0f} | {st.iqr * 1e3:.0f} | {mfu:.3f} |")  # fmt: skip
+        rate = f["tokens_per_step"] / st.median
+        mfu = rate * f["flops_per_token"] / (peak * 1e9)
+        print(f"| {name} | {f['params']['total']:,} | {f['params']['active']:,} | {rate:,.0f} | "
+              f"{f['tokens_per_step'] / st.minimum:,.0f} | {st.iqr * 1e3:.0f} | {mfu:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

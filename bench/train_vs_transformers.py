@@ -28,12 +28,30 @@ clear it.
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from timing import against, format_ratio, parsed, ratio, rotation, short_run_note, spread
-from train_throughput import Stepper, add_common_args, shaped_params
+from timing import (
+    Built,
+    against,
+    calls_in_processes,
+    format_ratio,
+    parsed,
+    ratio,
+    rotation,
+    short_run_note,
+    spread,
+)
+from train_throughput import (
+    Stepper,
+    add_common_args,
+    micro_batch,
+    print_run_line,
+    shaped_params,
+    weights_digest,
+)
 
 from pipeline.config import TrainConfig
 from pipeline.export.architectures import hf_config, hf_state_dict
@@ -45,10 +63,10 @@ TARGETS = {"default": 1.2, "mid": 1.5}  # project over transformers' fastest, to
 
 
 class TransformersStepper(Stepper):
-    """transformers' model of ``ours``' weights, on ``ours``' micro-batch, with the same
-    optimizer and clipping; its router loss is transformers' own."""
+    """transformers' model of the weights exported to ``export_dir``, on :class:`Stepper`'s
+    micro-batch, with the same optimizer and clipping; its router loss is transformers' own."""
 
-    def __init__(self, ours: Stepper, cfg: TrainConfig, export_dir: Path, implementation: str):
+    def __init__(self, cfg: TrainConfig, vocab: int, export_dir: Path, implementation: str):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -61,11 +79,14 @@ class TransformersStepper(Stepper):
         if actual != implementation:
             raise SystemExit(f"asked transformers for {implementation} experts, got {actual}")
         self.optimizer, _ = build_optimizer(self.model, cfg.optim, cfg.max_steps)
-        self.grad_clip, self.device, self.autocast = ours.grad_clip, ours.device, None
-        # transformers' loss flattens the targets with view(): a contiguous copy of ours.
-        self.inputs, self.targets = ours.inputs, ours.targets.contiguous()
-        self.tokens_per_step, self.flops_per_token = ours.tokens_per_step, ours.flops_per_token
-        self.params = ours.params
+        self.grad_clip, self.device, self.autocast = cfg.optim.grad_clip, torch.device("cpu"), None
+        inputs, targets = micro_batch(cfg, vocab)
+        # transformers' loss flattens the targets with view(): a contiguous copy.
+        self.inputs, self.targets = inputs, targets.contiguous()
+        self.tokens_per_step = self.inputs.numel()
+
+    def built(self) -> Built:
+        return self.step, {"tokens_per_step": self.tokens_per_step}
 
     def forward(self):
         """transformers' own training forward: its cross-entropy on our targets
@@ -117,30 +138,45 @@ def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -
     return "; ".join(parts)
 
 
+def built_ours(cfg: TrainConfig, vocab: int) -> Built:
+    return Stepper(cfg, cfg.model, vocab, backend="torch").built()
+
+
+def built_theirs(cfg: TrainConfig, vocab: int, export_dir: Path, implementation: str) -> Built:
+    return TransformersStepper(cfg, vocab, export_dir, implementation).built()
+
+
 def main() -> None:
     args = parsed(__doc__, add_common_args, IMPLEMENTATIONS)
     params = shaped_params(args)
     cfg, vocab = params.train, params.tokenize.vocab_size
-    ours = Stepper(cfg, cfg.model, vocab, backend="torch")
+    print_run_line(args, cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        export(ours, vocab, Path(tmp))
-        others = {f"hf-{i}": TransformersStepper(ours, cfg, Path(tmp), i) for i in args.impls}
-    print(f"shape={args.shape} threads={args.threads} micro-batch={cfg.micro_batch_size}x"
-          f"{cfg.seq_len} rotations={args.reps} warm-ups={args.warmups} torch={torch.__version__}")  # fmt: skip
-    print(f"params: {ours.params['total']:,} total, {ours.params['active']:,} active")
-    print(check_same_function(ours, others))
-    print(short_run_note(args.reps, args.warmups))
-    steppers = {"ours": ours, **others}
-    times = rotation({name: s.step for name, s in steppers.items()}, args.reps, args.warmups)
-    fastest = min(others, key=lambda name: spread(times[name]).median)
+        export_dir = Path(tmp)
+        ours = Stepper(cfg, cfg.model, vocab, backend="torch")
+        export(ours, vocab, export_dir)
+        print(f"params: {ours.params['total']:,} total, {ours.params['active']:,} active")
+        others = {f"hf-{i}": TransformersStepper(cfg, vocab, export_dir, i) for i in args.impls}
+        print(check_same_function(ours, others))
+        weights = weights_digest(ours.model)
+        del ours, others  # the timed models are built again where they run
+        builders = {"ours": partial(built_ours, cfg, vocab)} | {
+            f"hf-{i}": partial(built_theirs, cfg, vocab, export_dir, i) for i in args.impls
+        }
+        print(short_run_note(args.reps, args.warmups))
+        with calls_in_processes(builders, args.threads, args.one_process) as (calls, facts):
+            if facts["ours"]["weights"] != weights:
+                raise SystemExit("the timed model's weights differ from the exported ones")
+            times = rotation(calls, args.reps, args.warmups)
+    fastest = min(builders.keys() - {"ours"}, key=lambda name: spread(times[name]).median)
     print("| model | tokens/s (median) | tokens/s (best) | step median ms | step IQR ms | "
           "ours over it: median [lower quartile] of per-rotation ratios |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name, s in steppers.items():
+    for name, f in facts.items():
         st = spread(times[name])
         over = "-" if name == "ours" else format_ratio(ratio(times[name], times["ours"]))
-        print(f"| {name} | {s.tokens_per_step / st.median:,.0f} | "
-              f"{s.tokens_per_step / st.minimum:,.0f} | {st.median * 1e3:,.0f} | "
+        print(f"| {name} | {f['tokens_per_step'] / st.median:,.0f} | "
+              f"{f['tokens_per_step'] / st.minimum:,.0f} | {st.median * 1e3:,.0f} | "
               f"{st.iqr * 1e3:,.0f} | {over} |")  # fmt: skip
     measured = ratio(times[fastest], times["ours"])
     print(f"ours over transformers' fastest ({fastest}): {against(measured, TARGETS[args.shape])}")

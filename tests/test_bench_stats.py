@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +86,41 @@ def test_short_runs_are_flagged_and_full_runs_are_not():
     assert timing.short_run_note(7, 2) == ""
     assert "quick look" in timing.short_run_note(3, 2)
     assert "quick look" in timing.short_run_note(7, 1)
+
+
+def _bench_timing_by_its_plain_name(monkeypatch):
+    """bench/timing.py imported as the benchmarks import it (``timing``, from ``bench/`` on the
+    path), so a spawned worker can import what it is sent."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.delitem(sys.modules, "timing", raising=False)
+    return importlib.import_module("timing")
+
+
+def test_a_worker_builds_once_returns_its_facts_and_runs_one_call_per_request(monkeypatch):
+    plain = _bench_timing_by_its_plain_name(monkeypatch)
+    # Built in the worker: a call that succeeds once (an iterator of one item), and its facts.
+    build = functools.partial(tuple, [iter([None]).__next__, {"tokens_per_step": 7}])
+    with plain.calls_in_processes({"once": build}, threads=1) as (calls, facts):
+        assert facts == {"once": {"tokens_per_step": 7}}
+        calls["once"]()  # the worker's iterator yields its one item
+        with pytest.raises(RuntimeError, match="worker 'once' failed:(.|\n)*StopIteration"):
+            calls["once"]()  # the second call, in the same process, finds it spent
+
+
+def test_a_worker_that_fails_to_build_or_dies_is_named(monkeypatch):
+    plain = _bench_timing_by_its_plain_name(monkeypatch)
+    for name, build, message in [
+        ("bad", functools.partial(int, "x"), "worker 'bad' failed:(.|\n)*ValueError"),
+        ("gone", functools.partial(os._exit, 3), "worker 'gone' died \\(exit code 3\\)"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            plain.calls_in_processes({name: build}, threads=1).__enter__()
+
+
+def test_one_process_builds_here():
+    build = functools.partial(tuple, [os.getpid, {"pid": os.getpid()}])
+    with timing.calls_in_processes({"here": build}, threads=1, one_process=True) as (calls, facts):
+        assert calls["here"]() == facts["here"]["pid"] == os.getpid()
 
 
 def _scripted_probe(monkeypatch, seconds: list[float]) -> list[float]:
