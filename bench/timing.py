@@ -86,9 +86,9 @@ def calls_in_processes(
     MB per call, and glibc's malloc adapts to what a process frees (it keeps freed blocks up to
     the size it last saw freed from ``mmap``, and trims its heap above twice that). In one
     process, each model's frees set that state for the next model in the rotation, which then
-    page-faults memory back in: at the mid-size shape, transformers' step took 6.2 s in rotation
-    with ours and 5.2-5.5 s run alone, ours 4.5 and 4.7 s (bench/RESULTS.md). A trainer runs
-    one model per process, which is what a worker is."""
+    page-faults memory back in: at the mid-size shape, transformers' step took 6.2-6.8 s in
+    rotation with ours in one process and 5.2-5.5 s run alone (bench/RESULTS.md). A trainer
+    runs one model per process, which is what a worker is."""
     if one_process:
         built = {name: build() for name, build in builders.items()}
         yield {n: b[0] for n, b in built.items()}, {n: b[1] for n, b in built.items()}
