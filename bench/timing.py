@@ -132,6 +132,7 @@ class Worker:
         try:
             kind, value = self._conn.recv()
         except EOFError:
+            self._process.join(timeout=10)  # the pipe closes before the process is reaped
             raise RuntimeError(f"benchmark worker {self.name!r} died "
                                f"(exit code {self._process.exitcode})") from None  # fmt: skip
         if kind == "error":
