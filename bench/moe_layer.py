@@ -9,10 +9,11 @@ Rows: ``reference`` and ``torch`` backends of :class:`pipeline.model.MoELayer` (
 and statistics included); transformers' ``MixtralSparseMoeBlock`` with its ``eager`` and
 ``grouped_mm`` experts implementations (selected through ``config._experts_implementation``,
 the switch transformers' ``@use_experts_implementation`` decorator dispatches on); torchtitan's
-``MoE`` (:mod:`torchtitan_moe`, in a virtual environment of its own, see there). The rows of
-one process run in rotation (:func:`timing.rotation`), their outputs checked against each other
-first; torchtitan's row runs in a child process, in rotation with a ``torch`` row of its own,
-so its ratio is paired with that one.
+``MoE`` (:mod:`torchtitan_moe`, in a virtual environment of its own, see there). The rows run in
+rotation (:func:`timing.rotation`), their outputs checked against each other first, each row in
+a spawned process of its own (:func:`timing.calls_in_processes` says why; ``--one-process``: all
+in this one); torchtitan's row runs in a child process, in rotation with a ``torch`` row of its
+own, so its ratio is paired with that one.
 
 Per row: median, minimum and inter-quartile range of the fwd+bwd time, the expert FLOP rate
 3 × 2·T·k·3·D·F / median (forward + backward of the expert GEMMs only) against the matmul peak
@@ -27,10 +28,13 @@ median and the lower quartile of the per-rotation ratios.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from timing import (
+    Built,
     against,
+    calls_in_processes,
     format_ratio,
     matmul_peak,
     parsed,
@@ -124,9 +128,11 @@ def largest_difference(rows: dict, x: torch.Tensor) -> float:
     return max(((o - outs[0]).norm() / outs[0].norm()).item() for o in outs[1:]) if outs[1:] else 0
 
 
-def time_rows(rows: dict, x: torch.Tensor, grad: torch.Tensor, args) -> dict[str, list[float]]:
-    calls = {name: (lambda f=f, m=m: fwd_bwd(f, m, x, grad)) for name, (f, m) in rows.items()}
-    return rotation(calls, args.reps, args.warmups)
+def built_row(impl: str, e: int, k: int, inter: int, dtype: torch.dtype, tokens: int) -> Built:
+    """One row's forward + backward call on the shared input (:func:`calls_in_processes`)."""
+    x, grad = layer_inputs(tokens, dtype)
+    forward, module = build(impl, e, k, inter, dtype)
+    return (lambda: fwd_bwd(forward, module, x, grad)), {}
 
 
 def expert_flops(name: str, tokens: int) -> float:
@@ -139,12 +145,15 @@ def measure_in_process(args) -> dict[tuple[str, str], dict]:
     impls = [i for i in args.impls if i in IN_PROCESS]
     out = {}
     for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
         for name in args.configs:
-            x, grad = layer_inputs(args.tokens, DTYPES[dtype_name])
-            rows = {impl: build(impl, *CONFIGS[name], DTYPES[dtype_name]) for impl in impls}
-            diff = largest_difference(rows, x)
-            out[name, dtype_name] = {"times": time_rows(rows, x, grad, args), "diff": diff}
+            x, _ = layer_inputs(args.tokens, dtype)
+            diff = largest_difference({i: build(i, *CONFIGS[name], dtype) for i in impls}, x)
             print(f"  {name} {dtype_name}: outputs agree within {diff:.2e} (norm-relative)")
+            builders = {i: partial(built_row, i, *CONFIGS[name], dtype, args.tokens) for i in impls}
+            with calls_in_processes(builders, args.threads, args.one_process) as (calls, _):
+                times = rotation(calls, args.reps, args.warmups)
+            out[name, dtype_name] = {"times": times, "diff": diff}
     return out
 
 
@@ -189,8 +198,14 @@ def print_targets(results: dict, titan: dict) -> None:
               f"{against(measured, TARGETS[name])}")  # fmt: skip
 
 
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_shape_args(p)
+    p.add_argument("--one-process", action="store_true",
+                   help="the in-process rows all in this process, as before stop 27")  # fmt: skip
+
+
 def main() -> None:
-    args = parsed(__doc__, add_shape_args, IMPLS)
+    args = parsed(__doc__, add_args, IMPLS)
     peaks = {name: matmul_peak(DTYPES[name]) for name in ("fp32", *args.dtypes)}
     print(f"threads={args.threads} tokens={args.tokens} hidden={HIDDEN} rotations={args.reps} "
           f"warm-ups={args.warmups} torch={torch.__version__} "

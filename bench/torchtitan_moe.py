@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -123,12 +124,13 @@ def child_main() -> None:
         CONFIGS,
         DTYPES,
         add_shape_args,
+        fwd_bwd,
         largest_difference,
         layer_inputs,
         moe_layer,
         ours,
-        time_rows,
     )
+    from timing import rotation
 
     p = argparse.ArgumentParser()
     add_shape_args(p)
@@ -145,7 +147,9 @@ def child_main() -> None:
             diff = largest_difference(rows, x)
             print(f"  {name} {dtype_name}: torchtitan's output within {diff:.2e} of ours "
                   "(norm-relative; its experts compute in bf16)")  # fmt: skip
-            times = time_rows(rows, x, grad, args)
+            # Both rows in this one process: torchtitan's ratio pairs it with this torch row.
+            calls = {n: partial(fwd_bwd, f, m, x, grad) for n, (f, m) in rows.items()}
+            times = rotation(calls, args.reps, args.warmups)
             out.append({"config": name, "dtype": dtype_name, "diff": diff, **times})
     print(json.dumps(out))
 
