@@ -135,7 +135,7 @@ class _RoutedSwiGLU(torch.autograd.Function):
         def per_expert(groups):
             # Each group's row gradients go straight onto dx, in the grouped path's row order;
             # its weight gradients are written into their expert's slice, and only an expert
-            # without rows is zeroed (a zero fill of every slice cost ~10 ms per step and layer
+            # without rows is zeroed (a zero fill of every slice cost ~13 ms per step and layer
             # at mid, issue 18).
             dw13, dw2 = torch.empty_like(w13_E2FD), torch.empty_like(w2)
             for e in set(range(w2.shape[0])).difference(e for e, _, _ in groups):
