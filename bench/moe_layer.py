@@ -33,6 +33,7 @@ from functools import partial
 import torch
 from timing import (
     Built,
+    add_process_args,
     against,
     calls_in_processes,
     format_ratio,
@@ -200,8 +201,7 @@ def print_targets(results: dict, titan: dict) -> None:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_shape_args(p)
-    p.add_argument("--one-process", action="store_true",
-                   help="the in-process rows all in this process, as before stop 27")  # fmt: skip
+    add_process_args(p)
 
 
 def main() -> None:

@@ -71,6 +71,13 @@ def rotation(
     return times
 
 
+def add_process_args(p: argparse.ArgumentParser) -> None:
+    """``--one-process``, for a benchmark that times its calls with :func:`calls_in_processes`."""
+    p.add_argument("--one-process", action="store_true",
+                   help="build and time every call in this process instead of one process "
+                        "each (timing.calls_in_processes says why they get their own)")  # fmt: skip
+
+
 # A built call: the call to time, and what its table prints of it (parameters, tokens per call).
 Built = tuple[Callable[[], object], dict]
 

@@ -21,12 +21,12 @@ does not depend on their values (dropless routing keeps every token whatever the
 from __future__ import annotations
 
 import argparse
-import hashlib
 from functools import partial
 
 import torch
 from timing import (
     Built,
+    add_process_args,
     against,
     calls_in_processes,
     matmul_peak,
@@ -65,9 +65,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=7, help="timed rotations")
     p.add_argument("--warmups", type=int, default=2, help="untimed rotations first")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--one-process", action="store_true",
-                   help="all models in this process, as before stop 27 (timing.calls_in_processes "
-                        "says why each gets its own by default)")  # fmt: skip
+    add_process_args(p)
 
 
 def shaped_params(args: argparse.Namespace) -> Params:
@@ -135,7 +133,7 @@ class Stepper:
     def built(self) -> Built:
         """The step and what the tables print of it (:func:`timing.calls_in_processes`)."""
         facts = {"tokens_per_step": self.tokens_per_step, "params": self.params,
-                 "flops_per_token": self.flops_per_token, "weights": weights_digest(self.model)}  # fmt: skip
+                 "flops_per_token": self.flops_per_token}  # fmt: skip
         return self.step, facts
 
     def loss(self) -> torch.Tensor:
@@ -161,15 +159,6 @@ def micro_batch(cfg: TrainConfig, vocab: int, seed: int = 0) -> tuple[torch.Tens
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(vocab, (cfg.micro_batch_size, cfg.seq_len + 1), generator=g)
     return tokens[:, :-1], tokens[:, 1:]
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the parameters' bytes, in order: two processes built the same model when
-    their digests agree."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return h.hexdigest()
 
 
 def built_stepper(cfg: TrainConfig, model_cfg: ModelConfig, vocab: int) -> Built:

@@ -27,6 +27,7 @@ clear it.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,6 @@ from train_throughput import (
     micro_batch,
     print_run_line,
     shaped_params,
-    weights_digest,
 )
 
 from pipeline.config import TrainConfig
@@ -139,7 +139,19 @@ def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -
 
 
 def built_ours(cfg: TrainConfig, vocab: int) -> Built:
-    return Stepper(cfg, cfg.model, vocab, backend="torch").built()
+    """Our stepper, with its weights' digest: the parent checks they are the exported ones."""
+    stepper = Stepper(cfg, cfg.model, vocab, backend="torch")
+    step, facts = stepper.built()
+    return step, {**facts, "weights": weights_digest(stepper.model)}
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the parameters' bytes, in order: two processes built the same model when
+    their digests agree."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def built_theirs(cfg: TrainConfig, vocab: int, export_dir: Path, implementation: str) -> Built:
