@@ -269,10 +269,10 @@ def merge_units(
 
 def _drop_rows(path: Path, drop: np.ndarray) -> dict:
     """Rewrite a part without the rows marked in ``drop``; return its new counts."""
-    table = pq.read_table(path).filter(pa.array(~drop))
-    part = _Part(path.name)
     import pyarrow.compute as pc  # the merge's alone: a spawned worker's start-up skips it
 
+    table = pq.read_table(path).filter(pa.array(~drop))
+    part = _Part(path.name)
     sizes = pc.binary_length(table.column("text")).to_pylist()
     for domain, size in zip(table.column("domain").to_pylist(), sizes, strict=True):
         part.documents += 1
