@@ -5,7 +5,8 @@
     python bench/step_profile.py --shape mid --first 3 --steps 5   # the issue-18 mid-size model
 
 Trains the ``params.yaml`` model with the project's trainer (:func:`pipeline.train.trainer.train`:
-the data module, every callback, the optimizer, the monitor's logging) on random token files of
+the data module, every callback, the optimizer, the monitor's logging; freed host memory kept as
+the train stage keeps it, :mod:`pipeline.train.host_memory`) on random token files of
 the tokenizer's vocabulary, written to a temporary directory, and profiles ``--steps`` whole
 optimizer steps after ``--first`` unprofiled ones (the window holds logging steps; validation,
 checkpoints and weight snapshots fall outside it at the default cadence). Every CPU event is
@@ -48,6 +49,7 @@ from pipeline.data.shards import write_split
 from pipeline.model.layers import Attention
 from pipeline.model.moe import MoELayer
 from pipeline.paths import Paths
+from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.trainer import train
 
 LABELS = {Attention: "## attention", MoELayer: "## moe"}  # and others by name, below
@@ -234,6 +236,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    print(keep_freed_host_memory())  # as the train stage's process
     params = shaped_params(args)
     cfg = params.train
     peak = matmul_peak(torch.float32)

@@ -9,8 +9,9 @@ model (:data:`MID`). The dense twin replaces every MoE layer by a dense SwiGLU o
 ``top_k · expert_hidden + shared experts``, so each token meets the same number of parameters
 (the router's D·E weights aside). A timed call is one full optimizer step (forward, loss incl.
 the router losses, backward, clipping, AdamW) on one micro-batch; the two models run in rotation
-(:func:`timing.rotation`), each in a process of its own as a trainer would run it
-(:func:`timing.calls_in_processes`; ``--one-process`` for all in one), and the MoE/dense ratio
+(:func:`timing.rotation`), each in a process of its own as a trainer would run it, set up as the
+train stage's (freed host memory kept, :mod:`pipeline.train.host_memory`;
+:func:`timing.calls_in_processes`; ``--one-process`` for all in one), and the MoE/dense ratio
 is taken rotation by rotation
 (:func:`timing.ratio`: median and lower quartile). MFU uses
 ``MoETransformer.flops_per_token`` (active parameters) against the fp32 matmul peak measured in
@@ -38,6 +39,7 @@ from timing import (
 
 from pipeline.config import ModelConfig, Params, TrainConfig, load_params
 from pipeline.model import MoETransformer
+from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.optim import build_optimizer
 
 # The issue-18 mid-size model: 8 layers of d_model 512 (8 heads, 4 key/value heads), 32 experts
@@ -162,7 +164,9 @@ def micro_batch(cfg: TrainConfig, vocab: int, seed: int = 0) -> tuple[torch.Tens
 
 
 def built_stepper(cfg: TrainConfig, model_cfg: ModelConfig, vocab: int) -> Built:
-    """A worker's :class:`Stepper` (:func:`timing.calls_in_processes`)."""
+    """A worker's :class:`Stepper` (:func:`timing.calls_in_processes`), in a process set up as
+    the train stage's (:func:`keep_freed_host_memory`)."""
+    keep_freed_host_memory()
     return Stepper(cfg, model_cfg, vocab).built()
 
 

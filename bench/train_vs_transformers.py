@@ -20,13 +20,17 @@ cross-entropy fused, :mod:`pipeline.ops.linear_cross_entropy`) plus its router l
 forward with ``labels`` (its ``ForCausalLMLoss``, given our targets as ``shift_labels``) and
 ``output_router_logits=True`` (``load_balancing_loss_func`` over all layers times
 ``router_aux_loss_coef``, added to the loss by the model). fp32, this machine's CPU, the models in
-rotation (:mod:`timing`); the speed-up over transformers is taken rotation by rotation against
-its fastest implementation (by median), and the target is met when its median and lower quartile
-clear it.
+rotation (:mod:`timing`), each in a process of its own set up as its trainer sets it: ours keeps
+freed host memory as the train stage's process does (:mod:`pipeline.train.host_memory`),
+transformers' runs under glibc's defaults, which its Trainer leaves alone (``--same-host-memory``
+gives transformers' processes our setting too). The speed-up over transformers is taken rotation
+by rotation against its fastest implementation (by median), and the target is met when its median
+and lower quartile clear it.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import tempfile
 from functools import partial
@@ -55,6 +59,7 @@ from train_throughput import (
 
 from pipeline.config import TrainConfig
 from pipeline.export.architectures import hf_config, hf_state_dict
+from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.module import token_cross_entropy
 from pipeline.train.optim import build_optimizer
 
@@ -139,10 +144,12 @@ def check_same_function(ours: Stepper, others: dict[str, TransformersStepper]) -
 
 
 def built_ours(cfg: TrainConfig, vocab: int) -> Built:
-    """Our stepper, with its weights' digest: the parent checks they are the exported ones."""
+    """Our stepper in a process set up as the train stage's, with its weights' digest: the
+    parent checks they are the exported ones."""
+    host_memory = keep_freed_host_memory()
     stepper = Stepper(cfg, cfg.model, vocab, backend="torch")
     step, facts = stepper.built()
-    return step, {**facts, "weights": weights_digest(stepper.model)}
+    return step, {**facts, "weights": weights_digest(stepper.model), "host_memory": host_memory}
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -154,12 +161,23 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def built_theirs(cfg: TrainConfig, vocab: int, export_dir: Path, implementation: str) -> Built:
-    return TransformersStepper(cfg, vocab, export_dir, implementation).built()
+def built_theirs(
+    cfg: TrainConfig, vocab: int, export_dir: Path, implementation: str, keep_memory: bool
+) -> Built:
+    host_memory = keep_freed_host_memory() if keep_memory else "host memory: glibc's defaults"
+    step, facts = TransformersStepper(cfg, vocab, export_dir, implementation).built()
+    return step, {**facts, "host_memory": host_memory}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--same-host-memory", action="store_true",
+                   help="transformers' processes keep freed host memory as ours does "
+                        "(default: glibc's defaults, as transformers' Trainer leaves them)")  # fmt: skip
 
 
 def main() -> None:
-    args = parsed(__doc__, add_common_args, IMPLEMENTATIONS)
+    args = parsed(__doc__, add_args, IMPLEMENTATIONS)
     params = shaped_params(args)
     cfg, vocab = params.train, params.tokenize.vocab_size
     print_run_line(args, cfg)
@@ -173,7 +191,8 @@ def main() -> None:
         weights = weights_digest(ours.model)
         del ours, others  # the timed models are built again where they run
         builders = {"ours": partial(built_ours, cfg, vocab)} | {
-            f"hf-{i}": partial(built_theirs, cfg, vocab, export_dir, i) for i in args.impls
+            f"hf-{i}": partial(built_theirs, cfg, vocab, export_dir, i, args.same_host_memory)
+            for i in args.impls
         }
         print(short_run_note(args.reps, args.warmups))
         with calls_in_processes(builders, args.threads, args.one_process) as (calls, facts):
@@ -190,6 +209,8 @@ def main() -> None:
         print(f"| {name} | {f['tokens_per_step'] / st.median:,.0f} | "
               f"{f['tokens_per_step'] / st.minimum:,.0f} | {st.median * 1e3:,.0f} | "
               f"{st.iqr * 1e3:,.0f} | {over} |")  # fmt: skip
+    for name, f in facts.items():
+        print(f"{name}: {f['host_memory']}")
     measured = ratio(times[fastest], times["ours"])
     print(f"ours over transformers' fastest ({fastest}): {against(measured, TARGETS[args.shape])}")
 

@@ -12,7 +12,8 @@ SHA-256 (``input.model.sha256``) and, when found, the run that trained it
 Lightning re-executes this module in each extra one; only global rank zero opens an MLflow run
 or writes files; its run also holds the machine's ``system/...`` metrics (CPU, memory, GPU
 where ``nvidia-ml-py`` finds one) sampled during training
-(:meth:`pipeline.tracking.StageRun.system_metrics`).
+(:meth:`pipeline.tracking.StageRun.system_metrics`). Each process keeps the host memory its steps
+free for the next step to reuse (:mod:`pipeline.train.host_memory`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.data.shards import open_split, read_manifest, unigram_entropy
 from pipeline.io import sha256_file, write_json
 from pipeline.paths import Paths
 from pipeline.tracking import TRAIN_TIMINGS, split_timings, stage_run, tracking_uri
+from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.outputs import remove_other_runs_checkpoints, run_fingerprint, write_outputs
 from pipeline.train.trainer import is_rank_zero_process, train
 from pipeline.train.upcycle import dense_source
@@ -64,6 +66,7 @@ def run(
 
 
 def main() -> None:
+    log.info(keep_freed_host_memory())  # process-wide: here, not in the library's train()
     params = load_params()
     paths = Paths()
     inputs = {

@@ -137,6 +137,7 @@ def test_cli_tracks_the_run_with_lineage(tmp_path, tiny, mlflow_uri):
     )
     assert run.data.metrics["steps"] == 2 and "train/loss" in run.data.metrics
     assert "training on cpu" in proc.stderr  # the one line saying what ran
+    assert "host memory: " in proc.stderr  # and the line saying how the process keeps memory
 
 
 def test_bf16_mixed_runs_on_cpu_and_says_so(tmp_path, tiny, caplog):
