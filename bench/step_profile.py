@@ -71,7 +71,7 @@ HEAD, NORMS, EMBEDDING, LOSS, OTHER_MODEL = (
     "LM head GEMMs (forward and gradients)",
     "RMSNorms before attention, MoE and the head",
     "embedding (forward, backward)",
-    "cross-entropy (log-softmax, its gradient) and the loss sum",
+    "cross-entropy (softmax, its gradient) and the loss sum",
     "other model (residual adds, gradient accumulation, the rest)",
 )
 OPTIMIZER, DATA, CALLBACKS, LOOP = (

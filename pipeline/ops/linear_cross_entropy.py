@@ -40,19 +40,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows = chunk_rows(weight_VD.shape[0])
         # needs_input_grad says requires_grad, not whether autograd records: hence grad_enabled.
         want_h, want_w = (grad_enabled and needs for needs in ctx.needs_input_grad[:2])
-        loss = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
+        picked_N = torch.empty(n, dtype=torch.float32, device=hidden_ND.device)
         grad_hidden = torch.empty_like(hidden_ND) if want_h else None
         grad_weight = torch.zeros_like(weight_VD, dtype=torch.float32) if want_w else None
         for start in range(0, n, rows):
             h_CD, t_C = hidden_ND[start : start + rows], targets_N[start : start + rows]
             z_CV = torch.nn.functional.linear(h_CD, weight_VD)  # autocast's dtype, if any
             logits_CV = z_CV.float()
-            logp_CV = torch.log_softmax(logits_CV, dim=1)
-            picked_C = logp_CV.gather(1, t_C[:, None])
-            loss -= picked_C.sum()
+            # One pass over the chunk gives the softmax, which is the gradient but for the -1 at
+            # the target, and its target entries give the loss: a log-softmax and then its
+            # exp() would be two passes (8 MiB each way per chunk here, ~7 ms per default step).
+            probs_CV = torch.softmax(logits_CV, dim=1)
+            picked_C = probs_CV.gather(1, t_C[:, None])
+            picked_N[start : start + rows] = picked_C[:, 0]
             if want_h or want_w:
-                grad_CV = logp_CV.exp_()  # softmax, in place of the log-probabilities
-                grad_CV.scatter_add_(1, t_C[:, None], torch.full_like(picked_C, -1.0))
+                grad_CV = probs_CV.scatter_add_(1, t_C[:, None], torch.full_like(picked_C, -1.0))
                 grad_CV = grad_CV.to(z_CV.dtype)  # the backward GEMMs in the forward's dtype
             if want_h:
                 grad_hidden[start : start + rows] = torch.mm(grad_CV, weight_VD)
@@ -60,7 +62,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight += torch.mm(grad_CV.T, h_CD)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype, ctx.n = weight_VD.dtype, n
-        return loss / n
+        return -_target_log_probs(picked_N, hidden_ND, weight_VD, targets_N).sum() / n
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -72,6 +74,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _target_log_probs(
+    picked_N: torch.Tensor,
+    hidden_ND: torch.Tensor,
+    weight_VD: torch.Tensor,
+    targets_N: torch.Tensor,
+) -> torch.Tensor:
+    """``log_softmax(logits)[target]`` per row from the target probabilities ``picked_N``. A
+    probability below fp32's normal range (a target ~87 nats under the row's log-sum-exp) has
+    lost precision or is 0, so those rows' logits are formed again and their log-softmax is taken
+    exactly; checking costs one host-device synchronisation per forward."""
+    logp_N = picked_N.log()
+    low = (picked_N < torch.finfo(torch.float32).tiny).nonzero()[:, 0]
+    if low.numel():
+        z_RV = torch.nn.functional.linear(hidden_ND[low], weight_VD).float()
+        logp_N[low] = z_RV.gather(1, targets_N[low, None])[:, 0] - z_RV.logsumexp(dim=1)
+    return logp_N
 
 
 def linear_cross_entropy(

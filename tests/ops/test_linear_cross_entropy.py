@@ -41,6 +41,20 @@ def test_matches_unfused_loss_and_gradients(monkeypatch, n, vocab):
         )
 
 
+def test_a_target_below_fp32s_normal_range_keeps_its_exact_loss(monkeypatch):
+    """A target 120 nats under its row's log-sum-exp has a probability of ~1e-52, 0 in fp32: its
+    row's loss is taken from the logits again, not as -log(0)."""
+    monkeypatch.setattr(lce, "CHUNK_BYTES", 2 * 4 * 8)  # 2 rows per chunk: the row in chunk 2
+    hidden = torch.tensor([[0.1], [0.2], [1.0], [0.3]])
+    weight = torch.tensor([[-60.0], [60.0], [0.5], [1.0], [2.0], [-1.0], [3.0], [0.0]])
+    targets = torch.tensor([3, 2, 0, 7])  # row 2: logit -60 against 60
+    got = loss_and_grads(lce.linear_cross_entropy, hidden, weight, targets)
+    want = loss_and_grads(reference, hidden, weight, targets)
+    assert 4 * got[0].item() > 120  # the row's loss is in the mean
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def mm_calls(monkeypatch) -> list:
     """The output dtypes of the op's gradient GEMMs (``torch.mm``), as they are called."""
     calls, mm = [], torch.mm
