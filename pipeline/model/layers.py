@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
+from pipeline.ops.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -25,9 +26,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused kernel (forward and backward): a third faster than the five elementwise
-        # ops it replaces at d_model 512 on CPU, the same at 128.
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
+        return rms_norm(x.float(), self.weight.float(), self.eps).type_as(x)
 
 
 class RotaryEmbedding(nn.Module):
