@@ -138,13 +138,14 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def variant_name(params: Params) -> str:
-    """The parent run's name: ``DVC_EXP_NAME``, else the params that differ from the defaults
-    (``num_experts=2,router=sigmoid_bias``; ``defaults`` when none), cut to
-    :data:`RUN_NAME_LIMIT` characters at a difference with ``,+<n>`` for the ones left out."""
+def variant_name(differing: Mapping[str, Any]) -> str:
+    """The parent run's name: ``DVC_EXP_NAME``, else ``differing``, the params that differ from
+    the defaults (:func:`differing_params`: ``num_experts=2,router=sigmoid_bias``; ``defaults``
+    when none), cut to :data:`RUN_NAME_LIMIT` characters at a difference with ``,+<n>`` for the
+    ones left out."""
     if exp := os.environ.get("DVC_EXP_NAME"):
         return exp
-    parts = [f"{key}={_show(value)}" for key, value in differing_params(params).items()]
+    parts = [f"{key}={_show(value)}" for key, value in differing.items()]
     if not parts:
         return "defaults"
     kept, name = len(parts), ",".join(parts)
@@ -182,11 +183,12 @@ def open_parent(client, experiment_id: str, params: Params, tags: Mapping[str, s
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     shared = ("mlflow.source.git.commit", "git.dirty", "dvc.exp_name", PARAMS_DIGEST_TAG)
-    differing = ", ".join(f"{k}={_show(v)}" for k, v in differing_params(params).items())
-    note = f"Params that differ from the defaults: {differing or 'none'}."
+    differing = differing_params(params)
+    listed = ", ".join(f"{k}={_show(v)}" for k, v in differing.items())
+    note = f"Params that differ from the defaults: {listed or 'none'}."
     parent_tags = {EXECUTION_TAG: key, NOTE_TAG: note}
     parent_tags.update({name: tags[name] for name in shared if name in tags})
-    run = client.create_run(experiment_id, run_name=variant_name(params), tags=parent_tags)
+    run = client.create_run(experiment_id, run_name=variant_name(differing), tags=parent_tags)
     flat = flat_params(params)
     headline = [Param(name, str(flat[name])) for name in HEADLINE_PARAMS]
     client.log_batch(run.info.run_id, params=headline)

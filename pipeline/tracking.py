@@ -34,6 +34,7 @@ import subprocess
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Params
 from pipeline.errors import PipelineError
@@ -142,6 +143,8 @@ class StageRun:
 
     ``upstream``: stage name → the run id of the upstream run found by content (absent where the
     store holds none). ``parent_id``: the run of the pipeline execution it is nested under.
+    ``opened_client``: the client that started the run, used as :attr:`client` (one client per
+    stage); without it one is opened for ``uri`` on first use.
     """
 
     run_id: str
@@ -149,9 +152,12 @@ class StageRun:
     uri: str
     upstream: dict[str, str] = field(default_factory=dict)
     parent_id: str | None = None
+    opened_client: Any = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def client(self):
+        if self.opened_client is not None:
+            return self.opened_client
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.uri)
@@ -276,7 +282,7 @@ def _start(
     flat = flat_params(params)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(flat.items())])
     client.set_tag(parent_id, f"stage.{stage}.run_id", run.info.run_id)
-    return StageRun(run.info.run_id, experiment_id, uri, found, parent_id)
+    return StageRun(run.info.run_id, experiment_id, uri, found, parent_id, opened_client=client)
 
 
 @contextlib.contextmanager

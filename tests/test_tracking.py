@@ -76,6 +76,23 @@ def test_stage_run_records_params_tags_metrics_artifacts(mlflow_uri, tmp_path, m
     assert "mlflow==" in Path(freeze).read_text()
 
 
+def test_a_stage_opens_one_mlflow_client(mlflow_uri, tmp_path, monkeypatch):
+    import mlflow.tracking
+
+    opened = []
+
+    class CountedClient(MlflowClient):
+        def __init__(self, *args, **kwargs):
+            opened.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", CountedClient)
+    with tracking.stage_run("prepare", Params(), {}, {}, tmp_path / "run.json") as run:
+        run.log_metrics({"docs": 1.0})
+        run.log_text("hello", "notes/hello.txt")
+    assert len(opened) == 1 and run.client is opened[0]
+
+
 def test_failed_stage_marks_run_and_parent_failed_and_writes_no_run_file(mlflow_uri, tmp_path):
     run_file = tmp_path / "run.json"
     with (
@@ -383,22 +400,25 @@ def test_the_shipped_params_are_the_defaults_so_the_default_pipeline_is_named_de
 
     shipped = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert executions.differing_params(shipped) == {}
-    assert executions.variant_name(shipped) == "defaults"
+    assert executions.variant_name(executions.differing_params(shipped)) == "defaults"
 
 
 def test_variant_name_shortens_keys_unambiguously_and_caps_the_length():
-    assert executions.variant_name(Params()) == "defaults"
+    def variant_name(params: Params) -> str:
+        return executions.variant_name(executions.differing_params(params))
+
+    assert variant_name(Params()) == "defaults"
     params = Params.model_validate(
         {"train": {"model": {"moe": {"top_k": 1}}}, "evaluate": {"generation": {"top_k": 5}}}
     )
-    assert executions.variant_name(params) == "moe.top_k=1,generation.top_k=5"  # headline first
+    assert variant_name(params) == "moe.top_k=1,generation.top_k=5"  # headline first
     tasks = Params.model_validate({"evaluate": {"tasks": ["agreement", "counting"]}})
-    assert executions.variant_name(tasks) == "tasks=[agreement,counting]"
+    assert variant_name(tasks) == "tasks=[agreement,counting]"
     many = Params.model_validate(
         {"evaluate": {"generation": {"prompts": [f"prompt number {i}" for i in range(9)]}},
          "train": {"max_steps": 7, "optim": {"lr": 0.5}}}
     )  # fmt: skip
-    name = executions.variant_name(many)
+    name = variant_name(many)
     assert name == "max_steps=7,+2" and len(name) <= executions.RUN_NAME_LIMIT
 
 
