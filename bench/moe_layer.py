@@ -12,8 +12,11 @@ the switch transformers' ``@use_experts_implementation`` decorator dispatches on
 ``MoE`` (:mod:`torchtitan_moe`, in a virtual environment of its own, see there). The rows run in
 rotation (:func:`timing.rotation`), their outputs checked against each other first, each row in
 a spawned process of its own (:func:`timing.calls_in_processes` says why; ``--one-process``: all
-in this one); torchtitan's row runs in a child process, in rotation with a ``torch`` row of its
-own, so its ratio is paired with that one.
+in this one). Our rows' processes keep freed host memory as the train stage's process does
+(:mod:`pipeline.train.host_memory`); transformers' run under glibc's defaults, as its Trainer
+leaves them (``--same-host-memory``: theirs keep it too). torchtitan's row runs in a child
+process under glibc's defaults, in rotation with a ``torch`` row of its own under the same, so
+its ratio is paired with that one.
 
 Per row: median, minimum and inter-quartile range of the fwd+bwd time, the expert FLOP rate
 3 × 2·T·k·3·D·F / median (forward + backward of the expert GEMMs only) against the matmul peak
@@ -47,6 +50,7 @@ from timing import (
 
 from pipeline.config import MoEConfig
 from pipeline.model import MoELayer
+from pipeline.train.host_memory import keep_freed_host_memory
 
 HIDDEN = 512
 CONFIGS = {"E8k2I1024": (8, 2, 1024), "E64k8I128": (64, 8, 128)}
@@ -54,6 +58,7 @@ TARGETS = {"E8k2I1024": 1.0, "E64k8I128": 1.5}  # torch over the fastest peer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("reference", "torch", "hf-eager", "hf-grouped_mm", "torchtitan")
 IN_PROCESS = IMPLS[:-1]
+OURS = IMPLS[:2]
 
 
 def add_shape_args(p: argparse.ArgumentParser) -> None:
@@ -129,8 +134,13 @@ def largest_difference(rows: dict, x: torch.Tensor) -> float:
     return max(((o - outs[0]).norm() / outs[0].norm()).item() for o in outs[1:]) if outs[1:] else 0
 
 
-def built_row(impl: str, e: int, k: int, inter: int, dtype: torch.dtype, tokens: int) -> Built:
-    """One row's forward + backward call on the shared input (:func:`calls_in_processes`)."""
+def built_row(
+    impl: str, e: int, k: int, inter: int, dtype: torch.dtype, tokens: int, same_memory: bool
+) -> Built:
+    """One row's forward + backward call on the shared input (:func:`calls_in_processes`), in a
+    process that keeps freed host memory if the row is ours or ``same_memory``."""
+    if impl in OURS or same_memory:
+        keep_freed_host_memory()
     x, grad = layer_inputs(tokens, dtype)
     forward, module = build(impl, e, k, inter, dtype)
     return (lambda: fwd_bwd(forward, module, x, grad)), {}
@@ -151,7 +161,8 @@ def measure_in_process(args) -> dict[tuple[str, str], dict]:
             x, _ = layer_inputs(args.tokens, dtype)
             diff = largest_difference({i: build(i, *CONFIGS[name], dtype) for i in impls}, x)
             print(f"  {name} {dtype_name}: outputs agree within {diff:.2e} (norm-relative)")
-            builders = {i: partial(built_row, i, *CONFIGS[name], dtype, args.tokens) for i in impls}
+            row = partial(built_row, tokens=args.tokens, same_memory=args.same_host_memory)
+            builders = {i: partial(row, i, *CONFIGS[name], dtype) for i in impls}
             with calls_in_processes(builders, args.threads, args.one_process) as (calls, _):
                 times = rotation(calls, args.reps, args.warmups)
             out[name, dtype_name] = {"times": times, "diff": diff}
@@ -202,6 +213,9 @@ def print_targets(results: dict, titan: dict) -> None:
 def add_args(p: argparse.ArgumentParser) -> None:
     add_shape_args(p)
     add_process_args(p)
+    p.add_argument("--same-host-memory", action="store_true",
+                   help="transformers' rows keep freed host memory as ours do (default: glibc's "
+                        "defaults, as transformers' Trainer leaves them)")  # fmt: skip
 
 
 def main() -> None:
@@ -213,6 +227,9 @@ def main() -> None:
     print("matmul peak GFLOP/s (timing.matmul_peak): "
           + ", ".join(f"{n} {v:.1f}" for n, v in peaks.items()))  # fmt: skip
     print(short_run_note(args.reps, args.warmups))
+    kept = "every row" if args.same_host_memory else "our rows (transformers': glibc's defaults)"
+    print(f"freed host memory kept (pipeline.train.host_memory) by {kept}; torchtitan's child: "
+          "glibc's defaults")  # fmt: skip
     results = measure_in_process(args)
     titan = {}
     if "torchtitan" in args.impls:
