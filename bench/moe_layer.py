@@ -14,9 +14,9 @@ rotation (:func:`timing.rotation`), their outputs checked against each other fir
 a spawned process of its own (:func:`timing.calls_in_processes` says why; ``--one-process``: all
 in this one). Our rows' processes keep freed host memory as the train stage's process does
 (:mod:`pipeline.train.host_memory`); transformers' run under glibc's defaults, as its Trainer
-leaves them (``--same-host-memory``: theirs keep it too). torchtitan's row runs in a child
-process under glibc's defaults, in rotation with a ``torch`` row of its own under the same, so
-its ratio is paired with that one.
+leaves them (``--same-host-memory``, or ``--one-process``: theirs keep it too). torchtitan's row
+runs in a child process under glibc's defaults, in rotation with a ``torch`` row of its own under
+the same, so its ratio is paired with that one.
 
 Per row: median, minimum and inter-quartile range of the fwd+bwd time, the expert FLOP rate
 3 × 2·T·k·3·D·F / median (forward + backward of the expert GEMMs only) against the matmul peak
@@ -36,12 +36,14 @@ from functools import partial
 import torch
 from timing import (
     Built,
+    add_peer_memory_args,
     add_process_args,
     against,
     calls_in_processes,
     format_ratio,
     matmul_peak,
     parsed,
+    peers_keep_memory,
     ratio,
     rotation,
     short_run_note,
@@ -161,7 +163,7 @@ def measure_in_process(args) -> dict[tuple[str, str], dict]:
             x, _ = layer_inputs(args.tokens, dtype)
             diff = largest_difference({i: build(i, *CONFIGS[name], dtype) for i in impls}, x)
             print(f"  {name} {dtype_name}: outputs agree within {diff:.2e} (norm-relative)")
-            row = partial(built_row, tokens=args.tokens, same_memory=args.same_host_memory)
+            row = partial(built_row, tokens=args.tokens, same_memory=peers_keep_memory(args))
             builders = {i: partial(row, i, *CONFIGS[name], dtype) for i in impls}
             with calls_in_processes(builders, args.threads, args.one_process) as (calls, _):
                 times = rotation(calls, args.reps, args.warmups)
@@ -213,9 +215,7 @@ def print_targets(results: dict, titan: dict) -> None:
 def add_args(p: argparse.ArgumentParser) -> None:
     add_shape_args(p)
     add_process_args(p)
-    p.add_argument("--same-host-memory", action="store_true",
-                   help="transformers' rows keep freed host memory as ours do (default: glibc's "
-                        "defaults, as transformers' Trainer leaves them)")  # fmt: skip
+    add_peer_memory_args(p)
 
 
 def main() -> None:
@@ -227,7 +227,7 @@ def main() -> None:
     print("matmul peak GFLOP/s (timing.matmul_peak): "
           + ", ".join(f"{n} {v:.1f}" for n, v in peaks.items()))  # fmt: skip
     print(short_run_note(args.reps, args.warmups))
-    kept = "every row" if args.same_host_memory else "our rows (transformers': glibc's defaults)"
+    kept = "every row" if peers_keep_memory(args) else "our rows (transformers': glibc's defaults)"
     print(f"freed host memory kept (pipeline.train.host_memory) by {kept}; torchtitan's child: "
           "glibc's defaults")  # fmt: skip
     results = measure_in_process(args)

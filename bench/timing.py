@@ -78,6 +78,20 @@ def add_process_args(p: argparse.ArgumentParser) -> None:
                         "each (timing.calls_in_processes says why they get their own)")  # fmt: skip
 
 
+def add_peer_memory_args(p: argparse.ArgumentParser) -> None:
+    """``--same-host-memory``, for a benchmark that times our model against other libraries'."""
+    p.add_argument("--same-host-memory", action="store_true",
+                   help="the other libraries' processes keep freed host memory as ours do, as "
+                        "the train stage sets it (default: glibc's defaults, which their "
+                        "trainers leave as they are)")  # fmt: skip
+
+
+def peers_keep_memory(args: argparse.Namespace) -> bool:
+    """Whether the other libraries' processes keep freed host memory: when asked, and always
+    with ``--one-process``, where ours sets the allocator for every model in the process."""
+    return args.same_host_memory or args.one_process
+
+
 # A built call: the call to time, and what its table prints of it (parameters, tokens per call).
 Built = tuple[Callable[[], object], dict]
 

@@ -23,9 +23,9 @@ forward with ``labels`` (its ``ForCausalLMLoss``, given our targets as ``shift_l
 rotation (:mod:`timing`), each in a process of its own set up as its trainer sets it: ours keeps
 freed host memory as the train stage's process does (:mod:`pipeline.train.host_memory`),
 transformers' runs under glibc's defaults, which its Trainer leaves alone (``--same-host-memory``
-gives transformers' processes our setting too). The speed-up over transformers is taken rotation
-by rotation against its fastest implementation (by median), and the target is met when its median
-and lower quartile clear it.
+gives transformers' processes our setting too, and so does ``--one-process``). The speed-up over
+transformers is taken rotation by rotation against its fastest implementation (by median), and
+the target is met when its median and lower quartile clear it.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ import torch
 from safetensors.torch import save_file
 from timing import (
     Built,
+    add_peer_memory_args,
     against,
     calls_in_processes,
     format_ratio,
     parsed,
+    peers_keep_memory,
     ratio,
     rotation,
     short_run_note,
@@ -171,9 +173,7 @@ def built_theirs(
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
-    p.add_argument("--same-host-memory", action="store_true",
-                   help="transformers' processes keep freed host memory as ours does "
-                        "(default: glibc's defaults, as transformers' Trainer leaves them)")  # fmt: skip
+    add_peer_memory_args(p)
 
 
 def main() -> None:
@@ -191,7 +191,7 @@ def main() -> None:
         weights = weights_digest(ours.model)
         del ours, others  # the timed models are built again where they run
         builders = {"ours": partial(built_ours, cfg, vocab)} | {
-            f"hf-{i}": partial(built_theirs, cfg, vocab, export_dir, i, args.same_host_memory)
+            f"hf-{i}": partial(built_theirs, cfg, vocab, export_dir, i, peers_keep_memory(args))
             for i in args.impls
         }
         print(short_run_note(args.reps, args.warmups))
