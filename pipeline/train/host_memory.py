@@ -16,11 +16,11 @@ so the heap settles a few buffers above the peak instead of at it).
 :func:`keep_freed_host_memory` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB,
 so a freed buffer stays in the process and the next step reuses it without a fault, as PyTorch's
 CUDA caching allocator keeps device memory and its CPU launcher (``torch.backends.xeon.run_cpu``)
-preloads tcmalloc or jemalloc, when it finds one, by default. It is process-wide, so the train stage's entry point calls it (in
-every rank: each process runs that entry point), never the library functions a user's own
-program may call. A process whose allocator the user set (``GLIBC_TUNABLES`` with
-``glibc.malloc`` keys, ``MALLOC_*_`` variables, or another allocator in ``LD_PRELOAD``) keeps it,
-as does any C library other than glibc.
+preloads tcmalloc or jemalloc, when it finds one, by default. It is process-wide, so the train
+stage's entry point calls it (in every rank: each process runs that entry point), never the
+library functions a user's own program may call. A process whose allocator the user set
+(``GLIBC_TUNABLES`` with ``glibc.malloc`` keys, ``MALLOC_*_`` variables, or another allocator in
+``LD_PRELOAD``) keeps it, as does any C library other than glibc.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Mapping
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 MMAP_THRESHOLD = 1 << 30  # blocks up to this size come from the heap, reused when freed
@@ -55,7 +56,7 @@ def keep_freed_host_memory() -> str:
     )
 
 
-def _user_allocator_choice(environ: os._Environ | dict[str, str]) -> str | None:
+def _user_allocator_choice(environ: Mapping[str, str]) -> str | None:
     """The environment variable through which the user chose the allocator or its settings."""
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "GLIBC_TUNABLES"
