@@ -66,7 +66,8 @@ def fusable(groups: list[dict], mixed_precision: bool) -> bool:
     gradient clipping with an optimizer that could unscale fp16 gradients itself (the fused one
     can); and a run with DTensor parameters, because the kernel takes a group's tensors in one
     call and refuses plain tensors mixed with DTensors (FSDP2 with expert parallelism shards
-    all but the experts)."""
+    all but the experts). Keeping torch's choice means passing ``fused=None``: an explicit
+    ``False`` also turns off the foreach kernel torch would pick for GPU tensors."""
     dtensors = any(isinstance(p, DTensor) for g in groups for p in g["params"])
     return not (mixed_precision or dtensors)
 
@@ -76,7 +77,7 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its schedule; ``mixed_precision``: the run's precision is ``*-mixed``."""
     groups = param_groups(model, cfg.weight_decay)
-    fused = fusable(groups, mixed_precision)
+    fused = True if fusable(groups, mixed_precision) else None  # None: torch's own choice
     optimizer = torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused
     )

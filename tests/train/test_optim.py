@@ -72,8 +72,10 @@ def test_adamw_is_fused_unless_the_run_is_mixed_precision():
     fused, _ = build_optimizer(Toy(), OptimConfig(), max_steps=10)
     mixed, _ = build_optimizer(Toy(), OptimConfig(), max_steps=10, mixed_precision=True)
     assert fused.defaults["fused"] is True
-    # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimizer.
+    # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimizer; torch
+    # keeps its own choice there (None: an explicit False would also turn off foreach on GPUs).
     assert not mixed.defaults["fused"]
+    assert mixed.defaults["fused"] is None and mixed.defaults["foreach"] is None
 
 
 def test_a_fused_step_matches_the_for_loop_step():
