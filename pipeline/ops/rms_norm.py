@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Probed once, not per call (a model calls this several times per layer and step): a private op.
+HAS_FUSED_FORWARD = hasattr(torch.ops.aten, "_fused_rms_norm")
+
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
@@ -43,6 +46,6 @@ class _RMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension of ``x`` (``weight`` of that size), in ``x``'s dtype."""
     recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if x.device.type == "cpu" and recording and hasattr(torch.ops.aten, "_fused_rms_norm"):
+    if x.device.type == "cpu" and recording and HAS_FUSED_FORWARD:
         return _RMSNorm.apply(x, weight, eps)
     return F.rms_norm(x, weight.shape, weight, eps)

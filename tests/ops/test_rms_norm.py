@@ -36,13 +36,20 @@ def test_gradcheck_in_float64():
 
 
 def test_the_hand_written_backward_runs_only_where_autograd_records_on_a_cpu():
-    x, weight = torch.randn(4, 8, requires_grad=True), torch.ones(8, requires_grad=True)
-    assert type(rms_norm(x, weight, 1e-5).grad_fn).__name__ == "_RMSNormBackward"
-    with torch.no_grad():
-        torch.testing.assert_close(
-            rms_norm(x, weight, 1e-5), F.rms_norm(x, weight.shape, weight, 1e-5)
-        )
-    # A frozen input: the weight gets its gradient alone.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, generator=g, requires_grad=True)
+    weight = (torch.rand(8, generator=g) + 0.5).requires_grad_()
+    recorded = rms_norm(x, weight, 1e-5)
+    assert type(recorded.grad_fn).__name__ == "_RMSNormBackward"
+    with torch.no_grad():  # F.rms_norm's path: the same values, nothing recorded
+        plain = rms_norm(x, weight, 1e-5)
+    assert plain.grad_fn is None
+    torch.testing.assert_close(plain, recorded.detach())
+    # A frozen input: the weight gets its gradient alone, the one F.rms_norm gives.
     frozen = x.detach()
     rms_norm(frozen, weight, 1e-5).sum().backward()
-    assert frozen.grad is None and weight.grad is not None
+    want = output_and_grads(
+        lambda a, w: F.rms_norm(a, w.shape, w, 1e-5), frozen, weight.detach(), torch.ones(4, 8)
+    )[2]
+    assert frozen.grad is None
+    torch.testing.assert_close(weight.grad, want)
