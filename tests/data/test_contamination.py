@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 
 from pipeline.data.contamination import NGRAM, ItemWindows, contamination_rates, words
 
-SEED = random.randrange(2**31)
+SEED = int(os.environ["MOE_TEST_SEED"])  # tests/conftest.py: one per session
 VOCAB = [f"w{i}" for i in range(40)]
 
 

@@ -26,7 +26,7 @@ from pipeline.model.capacity import capacity_keep_mask, expert_capacity
 from pipeline.model.dispatch import LocalDispatcher
 from pipeline.model.moe import routed_experts
 
-SEED = int(os.environ.get("MOE_TEST_SEED", random.randrange(2**31)))
+SEED = int(os.environ["MOE_TEST_SEED"])  # tests/conftest.py: one per session
 
 
 def _case(t, k, e, d, f, *, empty_expert=None, capacity=None, policy="probability"):

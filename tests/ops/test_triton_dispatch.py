@@ -6,7 +6,7 @@ weighted sum (combine). Gradients: fp64 ``gradcheck`` of both ops, weights inclu
 
 from __future__ import annotations
 
-import random
+import os
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ import torch
 from pipeline.ops import torch_dispatch
 from pipeline.ops.triton_dispatch import combine, group_by_expert, spread
 
-SEED = random.randrange(2**31)
+SEED = int(os.environ["MOE_TEST_SEED"])  # tests/conftest.py: one per session
 
 
 def _ids(t, k, e, *, empty=None, holes=0, seed=SEED, device="cpu"):
