@@ -13,7 +13,7 @@ the switch transformers' ``@use_experts_implementation`` decorator dispatches on
 rotation (:func:`timing.rotation`), their outputs checked against each other first, each row in
 a spawned process of its own (:func:`timing.calls_in_processes` says why; ``--one-process``: all
 in this one). Our rows' processes keep freed host memory as the train stage's process does
-(:mod:`pipeline.train.host_memory`); transformers' run under glibc's defaults, as its Trainer
+(:mod:`pipeline.host_memory`); transformers' run under glibc's defaults, as its Trainer
 leaves them (``--same-host-memory``, or ``--one-process``: theirs keep it too). torchtitan's row
 runs in a child process under glibc's defaults, in rotation with a ``torch`` row of its own under
 the same, so its ratio is paired with that one.
@@ -51,8 +51,8 @@ from timing import (
 )
 
 from pipeline.config import MoEConfig
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.model import MoELayer
-from pipeline.train.host_memory import keep_freed_host_memory
 
 HIDDEN = 512
 CONFIGS = {"E8k2I1024": (8, 2, 1024), "E64k8I128": (64, 8, 128)}
@@ -228,7 +228,7 @@ def main() -> None:
           + ", ".join(f"{n} {v:.1f}" for n, v in peaks.items()))  # fmt: skip
     print(short_run_note(args.reps, args.warmups))
     kept = "every row" if peers_keep_memory(args) else "our rows (transformers': glibc's defaults)"
-    print(f"freed host memory kept (pipeline.train.host_memory) by {kept}; torchtitan's child: "
+    print(f"freed host memory kept (pipeline.host_memory) by {kept}; torchtitan's child: "
           "glibc's defaults")  # fmt: skip
     results = measure_in_process(args)
     titan = {}

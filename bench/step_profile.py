@@ -6,7 +6,7 @@
 
 Trains the ``params.yaml`` model with the project's trainer (:func:`pipeline.train.trainer.train`:
 the data module, every callback, the optimizer, the monitor's logging; freed host memory kept as
-the train stage keeps it, :mod:`pipeline.train.host_memory`) on random token files of
+the train stage keeps it, :mod:`pipeline.host_memory`) on random token files of
 the tokenizer's vocabulary, written to a temporary directory, and profiles ``--steps`` whole
 optimizer steps after ``--first`` unprofiled ones (the window holds logging steps; validation,
 checkpoints and weight snapshots fall outside it at the default cadence). Every CPU event is
@@ -46,10 +46,10 @@ from torch.profiler import ProfilerActivity, profile
 from train_throughput import shaped_params
 
 from pipeline.data.shards import write_split
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.model.layers import Attention
 from pipeline.model.moe import MoELayer
 from pipeline.paths import Paths
-from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.trainer import train
 
 LABELS = {Attention: "## attention", MoELayer: "## moe"}  # and others by name, below

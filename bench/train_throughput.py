@@ -10,7 +10,7 @@ model (:data:`MID`). The dense twin replaces every MoE layer by a dense SwiGLU o
 (the router's D·E weights aside). A timed call is one full optimizer step (forward, loss incl.
 the router losses, backward, clipping, AdamW) on one micro-batch; the two models run in rotation
 (:func:`timing.rotation`), each in a process of its own as a trainer would run it, set up as the
-train stage's (freed host memory kept, :mod:`pipeline.train.host_memory`;
+train stage's (freed host memory kept, :mod:`pipeline.host_memory`;
 :func:`timing.calls_in_processes`; ``--one-process`` for all in one), and the MoE/dense ratio
 is taken rotation by rotation
 (:func:`timing.ratio`: median and lower quartile). MFU uses
@@ -38,8 +38,8 @@ from timing import (
 )
 
 from pipeline.config import ModelConfig, Params, TrainConfig, load_params
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.model import MoETransformer
-from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.optim import build_optimizer
 
 # The issue-18 mid-size model: 8 layers of d_model 512 (8 heads, 4 key/value heads), 32 experts

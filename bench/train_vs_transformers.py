@@ -21,7 +21,7 @@ forward with ``labels`` (its ``ForCausalLMLoss``, given our targets as ``shift_l
 ``output_router_logits=True`` (``load_balancing_loss_func`` over all layers times
 ``router_aux_loss_coef``, added to the loss by the model). fp32, this machine's CPU, the models in
 rotation (:mod:`timing`), each in a process of its own set up as its trainer sets it: ours keeps
-freed host memory as the train stage's process does (:mod:`pipeline.train.host_memory`),
+freed host memory as the train stage's process does (:mod:`pipeline.host_memory`),
 transformers' runs under glibc's defaults, which its Trainer leaves alone (``--same-host-memory``
 gives transformers' processes our setting too, and so does ``--one-process``). The speed-up over
 transformers is taken rotation by rotation against its fastest implementation (by median), and
@@ -61,7 +61,7 @@ from train_throughput import (
 
 from pipeline.config import TrainConfig
 from pipeline.export.architectures import hf_config, hf_state_dict
-from pipeline.train.host_memory import keep_freed_host_memory
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.train.module import token_cross_entropy
 from pipeline.train.optim import build_optimizer
 

@@ -37,6 +37,7 @@ from pipeline.data.shards import TokenSplit, open_split, read_manifest, token_co
 from pipeline.data.word_categories import read_word_categories
 from pipeline.errors import PipelineError
 from pipeline.executions import log_metrics_to
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.io import sha256_file, write_json, write_text
 from pipeline.model import MoETransformer
 from pipeline.model_io import load_model
@@ -236,4 +237,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main("evaluate", main)
+    run_main("evaluate", main, process_setup=keep_freed_host_memory)

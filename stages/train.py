@@ -13,7 +13,7 @@ Lightning re-executes this module in each extra one; only global rank zero opens
 or writes files; its run also holds the machine's ``system/...`` metrics (CPU, memory, GPU
 where ``nvidia-ml-py`` finds one) sampled during training
 (:meth:`pipeline.tracking.StageRun.system_metrics`). Each process keeps the host memory its steps
-free for the next step to reuse (:mod:`pipeline.train.host_memory`).
+free for the next step to reuse (:mod:`pipeline.host_memory`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from pipeline.config import Params, load_params
 from pipeline.data.shards import open_split, read_manifest, unigram_entropy
+from pipeline.host_memory import keep_freed_host_memory
 from pipeline.io import sha256_file, write_json
 from pipeline.paths import Paths
 from pipeline.tracking import TRAIN_TIMINGS, split_timings, stage_run, tracking_uri
-from pipeline.train.host_memory import keep_freed_host_memory
 from pipeline.train.outputs import remove_other_runs_checkpoints, run_fingerprint, write_outputs
 from pipeline.train.trainer import is_rank_zero_process, train
 from pipeline.train.upcycle import dense_source
@@ -66,7 +66,6 @@ def run(
 
 
 def main() -> None:
-    log.info(keep_freed_host_memory())  # process-wide: here, not in the library's train()
     params = load_params()
     paths = Paths()
     inputs = {
@@ -107,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main("train", main)
+    run_main("train", main, process_setup=keep_freed_host_memory)

@@ -24,6 +24,7 @@ LAYER_OF = {
     "pipeline.paths": "base",
     "pipeline.tracking": "base",
     "pipeline.executions": "base",
+    "pipeline.host_memory": "base",
     "pipeline.data": "data",
     "pipeline.kernels": "kernels",
     "pipeline.ops": "ops",

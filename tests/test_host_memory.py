@@ -1,5 +1,5 @@
-"""The train process's malloc settings: freed buffers are reused without page faults, and a
-user's own allocator choice is left alone."""
+"""The malloc settings of the train and evaluate processes: freed buffers are reused without page
+faults, a user's own allocator choice is left alone, and only those two stages set them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.train.host_memory import _user_allocator_choice
+from pipeline.host_memory import _user_allocator_choice
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MIB_PAGES = (1 << 20) // os.sysconf("SC_PAGE_SIZE")
 
 # Twelve steps of a step's pattern: two buffers (32 and 16 MiB) allocated, touched, added into a
@@ -22,7 +22,7 @@ MIB_PAGES = (1 << 20) // os.sysconf("SC_PAGE_SIZE")
 # to hold the step: a buffer mapped fresh faults every page in, a reused heap block none.
 ALLOCATE_AND_FREE = """
 import json, resource, sys, torch
-from pipeline.train.host_memory import keep_freed_host_memory
+from pipeline.host_memory import keep_freed_host_memory
 line = keep_freed_host_memory() if sys.argv[1] == "keep" else ""
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -79,3 +79,20 @@ def test_the_users_choice_is_read_from_the_environment():
     assert _user_allocator_choice({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == "LD_PRELOAD"
     assert _user_allocator_choice({"MALLOC_ARENA_MAX": "2"}) is None  # not a MALLOC_*_ setting
     assert _user_allocator_choice({"MALLOC_TOP_PAD_": "0"}) == "MALLOC_TOP_PAD_"
+
+
+@pytest.mark.parametrize(("stage", "keeps"), [("evaluate", True), ("prepare", False)])
+def test_the_stages_that_step_the_model_set_host_memory_first_and_the_others_leave_it(
+    tmp_path, stage, keeps
+):
+    """Train (tests/train/test_stage.py) and evaluate say how their process keeps memory before
+    anything else, even when the stage then fails (here: no params.yaml); prepare never sets it."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "params.yaml: file not found" in done.stderr
+    assert ("host memory: " in done.stderr) == keeps
