@@ -105,6 +105,8 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (``tasks.py test``): one worker per CPU this process may run on, and at most
     one per 3 GiB of memory (two workers and the processes their tests start took at most 3.2 GiB
     above idle on a 2-CPU, 24 GiB machine, 2026-11-30)."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux: all of them
+        return os.cpu_count() or 1
     cpus = len(os.sched_getaffinity(0))
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return max(1, min(cpus, int(memory_gib // 3)))
