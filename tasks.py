@@ -107,7 +107,7 @@ def pipeline(args: list[str]) -> int:
 def test(args: list[str]) -> int:
     # Run serially, the suite kept 1.03 of 2 cores busy (it waits on the processes it starts and
     # imports packages on one core), so a worker per CPU (tests/conftest.py) takes it from 654 s
-    # to 429-489 s on the 2-CPU build machine (2026-11-30, five runs); whole test files go to a
+    # to 429-523 s on the 2-CPU build machine (2026-11-30, six runs); whole test files go to a
     # worker, so a module's fixtures are built once. ARGS after these override them (-n 0).
     xdist = ["-n", "auto", "--dist", "loadfile"]
     return run_in_venv([venv_bin("python"), "-m", "pytest", *xdist, *args])
