@@ -104,7 +104,10 @@ def pytest_report_header(config):
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (``tasks.py test``): one worker per CPU this process may run on, and at most
     one per 3 GiB of memory (two workers and the processes their tests start took at most 3.2 GiB
-    above idle on a 2-CPU, 24 GiB machine, 2026-11-30)."""
+    above idle on a 2-CPU, 24 GiB machine, 2026-11-30); ``PYTEST_XDIST_AUTO_NUM_WORKERS`` sets the
+    count instead, as xdist documents."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # the user's count, which xdist's own hook reads
     if not hasattr(os, "sched_getaffinity"):  # not Linux: all of them
         return os.cpu_count() or 1
     cpus = len(os.sched_getaffinity(0))
