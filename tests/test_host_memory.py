@@ -83,14 +83,14 @@ def test_the_users_choice_is_read_from_the_environment():
 
 @pytest.mark.parametrize(("stage", "keeps"), [("evaluate", True), ("prepare", False)])
 def test_the_stages_that_step_the_model_set_host_memory_first_and_the_others_leave_it(
-    tmp_path, stage, keeps
+    tmp_path, stage_env, stage, keeps
 ):
     """Train (tests/train/test_stage.py) and evaluate say how their process keeps memory before
     anything else, even when the stage then fails (here: no params.yaml); prepare never sets it."""
     done = subprocess.run(
         [sys.executable, "-m", f"stages.{stage}"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=stage_env,
         capture_output=True,
         text=True,
     )
