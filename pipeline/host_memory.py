@@ -15,7 +15,7 @@ here a freed block of one aligned allocation does not serve the next aligned one
 bug 14581, so the heap settles a few buffers above the peak instead of at it). The evaluate stage on
 the default pipeline's outputs (three processes each way, alternating, 2026-11-30): 30.5-32.5 s
 under glibc's defaults against 29.4-30.9 s with the settings (imports included), 1.29-1.39 M minor
-page faults against 0.22-0.30 M, peak resident memory 0.86-0.87 against 0.98-1.29 GiB.
+page faults against 0.22-0.30 M, peak resident memory 0.85-0.87 against 0.98-1.29 GiB.
 
 :func:`keep_freed_host_memory` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB,
 so a freed buffer stays in the process and the next step reuses it without a fault, as PyTorch's
